@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Run the generate stage alone: `python jobs/generate.py CONFIG [key=value ...] [--force]`."""
+
+import sys
+
+from microparade.jobs import stage_main
+
+if __name__ == "__main__":
+    sys.exit(stage_main("generate"))

@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Run the report stage alone: `python jobs/report.py CONFIG [key=value ...] [--force]`."""
+
+import sys
+
+from microparade.jobs import stage_main
+
+if __name__ == "__main__":
+    sys.exit(stage_main("report"))

@@ -1,0 +1,188 @@
+"""``microparade`` command line.
+
+    microparade run CONFIG [key=value ...] [--from STAGE] [--only STAGE] [--until STAGE] [--force]
+    microparade status CONFIG [key=value ...] [--verify] [--json]
+    microparade config CONFIG [key=value ...]
+    microparade generate --out URL --rows N [--users U] [--seed S] [--tokenizer PATH] [--compression C]
+
+Exit codes: 0 ok, 1 a stage failed, 2 bad usage or configuration, 124 a stage stopped on a
+preemption signal after saving its state (requeue and rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PREEMPTED = 124
+
+
+def setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("microparade").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. history.size=10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="microparade", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline (skipping stages that are done)")
+    _add_config_args(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun STAGE and everything after it")
+    g.add_argument("--only", metavar="STAGE", help="run only STAGE (its inputs must be done)")
+    p.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    p.add_argument("--force", action="store_true", help="rerun the selected stages even if done")
+
+    p = sub.add_parser("status", help="show the state of every stage")
+    _add_config_args(p)
+    p.add_argument("--verify", action="store_true", help="re-hash every published file (sha256)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("config", help="print the resolved configuration")
+    _add_config_args(p)
+
+    p = sub.add_parser("generate", help="write a synthetic RecSys 2021 dataset")
+    p.add_argument("--out", required=True, help="output directory (path or fsspec URL)")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--users", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", help="tokenizer dir (default: the offline MiniLM tokenizer)")
+    p.add_argument("--compression", choices=["gzip", "bz2", "zstd"])
+    p.add_argument("--rows-per-file", type=int, default=250_000)
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+
+    _add_slurm_commands(sub)
+    return ap
+
+
+def _add_slurm_commands(sub) -> None:
+    try:
+        from .launch import add_cli_commands
+    except ImportError:
+        return
+    add_cli_commands(sub, _add_config_args)
+
+
+def _load(args):
+    return load_config(args.config, args.overrides)
+
+
+def cmd_run(args) -> int:
+    from .runner import PreemptedError, StageError, run_pipeline
+
+    cfg = _load(args)
+    try:
+        outcome = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, until=args.until, force=args.force)
+    except PreemptedError as exc:
+        print(f"microparade: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except StageError as exc:
+        print(f"microparade: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    ran = [k for k, v in outcome.items() if v == "ran"]
+    skipped = [k for k, v in outcome.items() if v == "skipped"]
+    print(f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} (run_dir {cfg.run_dir})")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from .runner import compute_status, format_status, iter_status_rows
+    from .storage import Store
+
+    cfg = _load(args)
+    store = Store(cfg.run_dir, cfg.storage_options)
+    statuses = compute_status(cfg, store, verify="sha256" if args.verify else "size")
+    extra = None
+    try:
+        from .launch import slurm_status_columns
+
+        extra = slurm_status_columns(cfg, statuses)
+    except ImportError:
+        pass
+    if args.json:
+        rows = iter_status_rows(statuses)
+        for r in rows:
+            r.update((extra or {}).get(r["stage"], {}))
+        print(json.dumps({"run_dir": cfg.run_dir, "stages": rows}, indent=2))
+    else:
+        print(f"run_dir: {cfg.run_dir}")
+        print(format_status(statuses, extra))
+    return EXIT_OK
+
+
+def cmd_config(args) -> int:
+    print(_load(args).to_yaml(), end="")
+    return EXIT_OK
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate_dataset
+
+    summary = generate_dataset(
+        args.out,
+        rows=args.rows,
+        users=args.users,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        compression=args.compression,
+        rows_per_file=args.rows_per_file,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+    )
+    rates = summary["label_rates"]
+    for split, n in summary["rows"].items():
+        r = rates.get(split, {})
+        print(f"{split:5s} {n:>10,} rows  " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    print(f"wrote {len(summary['files'])} file(s) under {args.out}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides may come after options too: `run CONFIG --force history.size=4`.
+    bad = [r for r in rest if r.startswith("-") or "=" not in r]
+    if bad or (rest and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
+    if rest:
+        args.overrides = list(args.overrides) + rest
+    setup_logging(args.verbose)
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"microparade: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"microparade: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

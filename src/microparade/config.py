@@ -1,0 +1,354 @@
+"""The run configuration: one typed, validated tree, loaded from YAML plus ``key=value`` overrides.
+
+Every field has a default that runs on a laptop (local Dask, local files, CPU, the offline MiniLM
+encoder); a YAML file overrides what it names. Unknown keys and bad values are reported together
+as one :class:`ConfigError` before anything runs. ``docs/config.md`` documents every key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPLITS = ("train", "valid", "test")
+Split = Literal["train", "valid", "test"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message lists every problem found, one per line."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+class RawData(Section):
+    """Raw RecSys 2021 files per split: a URL, a glob, a directory, or a list of those."""
+
+    train: list[str] = Field(default_factory=list)
+    valid: list[str] = Field(default_factory=list)
+    test: list[str] = Field(default_factory=list)
+
+    @field_validator("train", "valid", "test", mode="before")
+    @classmethod
+    def _as_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        return v
+
+
+class GenerateConfig(Section):
+    """Synthetic RecSys 2021 data written by the ``generate`` stage (see docs/synthetic-data.md)."""
+
+    rows: int = Field(200_000, ge=100)
+    users: int | None = Field(None, ge=10)
+    seed: int = 0
+    tokenizer: str | None = None
+    valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    rows_per_file: int = Field(250_000, ge=1000)
+    compression: Literal["gzip", "bz2", "zstd"] | None = None
+    topics: int = Field(48, ge=2)
+
+
+class DataConfig(Section):
+    raw: RawData = Field(default_factory=RawData)
+    #: When set, the ``generate`` stage writes synthetic raw files under ``{run_dir}/generate/`` and
+    #: they become ``data.raw`` (which must then be empty).
+    generate: GenerateConfig | None = None
+    #: Tokenizer that produced ``text_tokens`` in the raw files: ``minilm`` (the generator's default)
+    #: or a local directory (bert-base-multilingual-cased for the real challenge data).
+    tokenizer: str | None = "minilm"
+
+    @model_validator(mode="after")
+    def _raw_or_generate(self) -> DataConfig:
+        if self.generate is not None and (self.raw.train or self.raw.valid or self.raw.test):
+            raise ValueError("set either data.generate (synthetic data) or data.raw.*, not both")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# execution
+# --------------------------------------------------------------------------------------------
+class JobqueueConfig(Section):
+    """dask-jobqueue ``SLURMCluster``: Dask workers as separate Slurm jobs."""
+
+    jobs: int = Field(2, ge=1)
+    cores: int = Field(4, ge=1)
+    processes: int = Field(1, ge=1)
+    memory: str = "8GiB"
+    walltime: str = "01:00:00"
+    queue: str | None = None
+    account: str | None = None
+    interface: str | None = None
+    scheduler_host: str | None = None
+    local_directory: str | None = None
+    job_extra_directives: list[str] = Field(default_factory=list)
+    job_script_prologue: list[str] = Field(default_factory=list)
+    log_directory: str | None = None
+    python: str | None = None
+    wait_timeout_s: float = Field(300, gt=0)
+
+
+class ClusterConfig(Section):
+    """Where the Dask stages (ingest, text, features, chunks) compute."""
+
+    kind: Literal["local", "jobqueue", "scheduler_file"] = "local"
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = "4GiB"
+    #: Worker processes (True) or threads in the client process (False); memory:// run dirs force
+    #: threads because worker processes cannot see the client's in-memory filesystem.
+    processes: bool = True
+    dashboard: bool = True
+    scheduler_file: str | None = None
+    #: Wait for this many workers before computing (scheduler_file / jobqueue).
+    min_workers: int = Field(1, ge=1)
+    gpu: bool = False
+    protocol: Literal["tcp", "ucx"] = "tcp"
+    interface: str | None = None
+    jobqueue: JobqueueConfig = Field(default_factory=JobqueueConfig)
+
+
+class RunnerConfig(Section):
+    #: How a done stage's files are verified before it is skipped: ``sha256`` re-hashes every file,
+    #: ``size`` checks presence and size only (for very large runs on object stores).
+    verify: Literal["sha256", "size"] = "sha256"
+    #: Keep ``{stage}/_work`` (checkpoints) after a stage publishes.
+    keep_work: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------
+class IngestConfig(Section):
+    #: Uncompressed files are parsed in blocks of this size (one output part per block);
+    #: compressed files are one block each.
+    blocksize: str = "64MiB"
+    #: Fail the stage when more than this fraction of a split's lines is malformed.
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    row_group_size: int = Field(128 * 1024, ge=1024)
+
+
+class HistoryConfig(Section):
+    size: int = Field(10, ge=1, le=64)
+    #: ``past``: only engagements strictly before the target; ``centered``: the paper's window.
+    window: Literal["past", "centered"] = "past"
+    #: Prefix each history tweet with its engagement types (the paper's ablation).
+    prefix: bool = False
+    #: Splits whose engagements fill histories.
+    sources: list[Split] = Field(default_factory=lambda: ["train", "valid"])
+
+
+class TextConfig(Section):
+    #: Max tokens kept per tweet (candidate or history item) after cleaning, specials included.
+    max_length: int = Field(64, ge=8, le=512)
+
+
+class FeaturesConfig(Section):
+    te_folds: int = Field(5, ge=2)
+    te_smoothing: float = Field(20.0, ge=0)
+    seed: int = 0
+
+
+class ChunksConfig(Section):
+    target_mb: float = Field(180.0, gt=0)
+    seed: int = 0
+    compression: Literal["zstd", "snappy", "none"] = "zstd"
+    row_group_rows: int = Field(8192, ge=64)
+
+
+class ModelConfig(Section):
+    #: Hugging Face BERT-family encoder: ``minilm`` (offline all-MiniLM-L6-v2), a local directory,
+    #: or ``tiny`` (a small randomly initialised BERT for fast tests).
+    encoder: str = "minilm"
+    heads: Literal["single", "multi"] = "single"
+    use_time: bool = True
+    use_text: bool = True
+    agg_layers: int = Field(2, ge=1)
+    agg_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.35, ge=0, lt=1)
+    compress_dim: int = Field(192, ge=8)
+    hidden_dim: int = Field(192, ge=8)
+
+
+class TrainConfig(Section):
+    backend: Literal["cpu", "cuda", "xla"] = "cpu"
+    encoding: Literal["efficient", "naive"] = "efficient"
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(1, ge=1)
+    #: Stop after this many optimizer steps (0 = no limit, run ``epochs``).
+    max_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    #: Max tokens per encoder call in efficient encoding (pairs are bucketed by length under it).
+    token_budget: int = Field(8192, ge=64)
+    num_threads: int = Field(0, ge=0)
+
+
+class EvaluateConfig(Section):
+    splits: list[Split] = Field(default_factory=lambda: ["valid", "test"])
+    batch_size: int = Field(64, ge=1)
+
+
+class ReportConfig(Section):
+    baseline: bool = True
+    baseline_max_rows: int = Field(200_000, ge=1000)
+
+
+class SlurmStageConfig(Section):
+    partition: str | None = None
+    time: str | None = None
+    nodes: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: str | None = None
+    account: str | None = None
+    qos: str | None = None
+
+
+class SlurmConfig(Section):
+    log_dir: str = "logs"
+    default: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    generate: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    ingest: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    text: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    features: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    chunks: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    train: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    evaluate: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    report: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+
+
+class Config(Section):
+    #: Where every stage writes: a local path or an fsspec URL (file://, memory://, gs://, s3://).
+    run_dir: str = Field("runs/default", validate_default=True)
+    #: fsspec storage options for run_dir and raw data (e.g. gcsfs ``token``/``endpoint_url``).
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    chunks: ChunksConfig = Field(default_factory=ChunksConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir(cls, v: str) -> str:
+        from .storage import normalize_url
+
+        if not str(v).strip():
+            raise ValueError("run_dir must not be empty")
+        return normalize_url(v)
+
+    def section(self, dotted: str) -> Any:
+        """The JSON-able value at a dotted path (``"data.generate"``, ``"history"``)."""
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        if isinstance(node, BaseModel):
+            return node.model_dump(mode="json")
+        return node
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"history.size=10"`` → ``(["history", "size"], 10)``; values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {item!r}: {'.'.join(path[: i + 1])} is a value, not a section"
+                )
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}): {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+        lines.append(f"  - {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict[str, Any] | None, overrides: list[str] | None = None, source: str = "config") -> Config:
+    data = apply_overrides(data or {}, list(overrides or []))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (``None``: the embedded defaults) and apply ``key=value`` overrides."""
+    if path is None:
+        return build_config({}, overrides, source="defaults")
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return build_config(data, overrides, source=str(path))
