@@ -54,26 +54,30 @@ fail() {
   exit 1
 }
 
-# pid_alive PIDFILE: the process named in PIDFILE runs. PID 1 on these machines does not reap,
-# so a dead daemon can linger as a zombie: read its state from /proc instead of using kill -0.
+# pid_alive PIDFILE COMM: the process named in PIDFILE runs and is called COMM. PID 1 on these
+# machines does not reap, so a dead daemon lingers as a zombie (kill -0 still succeeds): read its
+# state from /proc. The name guards against a pid reused after a reboot.
 pid_alive() {
   local pid stat
   [[ -r $1 ]] || return 1
   read -r pid <"$1" || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   stat=$(<"/proc/$pid/stat") 2>/dev/null || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != [ZX] ]]
+  [[ $stat == "$pid ($2) "[!ZX]* ]]
 }
 
+# died PIDFILE COMM: the daemon wrote its pidfile and is gone since.
+died() { [[ -e $1 ]] && ! pid_alive "$1" "$2"; }
+
 # wait_for SECONDS WHAT PIDFILE LOG CMD...: poll CMD until it succeeds; fail with the log's tail
-# on timeout, or at once when the daemon behind PIDFILE has died ("-" for none).
+# on timeout, or at once when the daemon of PIDFILE (named like it: slurmctld.pid -> slurmctld;
+# "-" for none) has died.
 wait_for() {
   local secs=$1 what=$2 pidfile=$3 log=$4
   shift 4
-  local deadline=$((SECONDS + secs))
+  local deadline=$((SECONDS + secs)) comm=${pidfile##*/}
   until "$@" >/dev/null 2>&1; do
-    if [[ $pidfile != - && -e $pidfile ]] && ! pid_alive "$pidfile"; then
+    if [[ $pidfile != - ]] && died "$pidfile" "${comm%.pid}"; then
       fail "$what: the daemon died during startup" "$log"
     fi
     ((SECONDS < deadline)) || fail "$what: not ready after ${secs}s" "$log"
@@ -111,9 +115,13 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=256
 SchedulerType=sched/backfill
-# Start jobs at once (the default batches starts, ~3 s each) and cancel jobs whose dependency can
-# never be satisfied (by default they pend forever).
-SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=1,kill_invalid_depend
+# Start jobs at once (the default batches starts, ~3 s each).
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=1
+# Cancel jobs whose dependency can never be satisfied (by default they pend forever). Slurm 22.05
+# ignores kill_invalid_depend in SchedulerParameters: it belongs here.
+DependencyParameters=kill_invalid_depend
+# Reject at submission a job that no node/partition can ever run (default: it pends forever).
+EnforcePartLimits=ALL
 ReturnToService=2
 JobRequeue=1
 MailProg=/bin/true
@@ -188,9 +196,9 @@ accounting_ready() {  # slurmctld has registered with slurmdbd (ControlHost is s
 
 all_daemons_alive() {
   local n
-  pid_alive "$RUN/mariadbd.pid" && pid_alive "$RUN/slurmdbd.pid" && pid_alive "$RUN/slurmctld.pid" \
-    || return 1
-  for n in "${NODES[@]}"; do pid_alive "$RUN/slurmd-$n.pid" || return 1; done
+  pid_alive "$RUN/mariadbd.pid" mariadbd && pid_alive "$RUN/slurmdbd.pid" slurmdbd \
+    && pid_alive "$RUN/slurmctld.pid" slurmctld || return 1
+  for n in "${NODES[@]}"; do pid_alive "$RUN/slurmd-$n.pid" slurmd || return 1; done
 }
 
 same_content() { [[ -r $1 && "$(<"$1")" == "$2" ]]; }  # PATH CONTENT
@@ -217,6 +225,8 @@ if healthy; then up; fi
 
 [[ $EUID -eq 0 ]] || fail "Slurm is not running under $DIR and starting it needs root (uid is $EUID)"
 mkdir -p "$ETC" "$LOG" "$STATE" "$SPOOL" "$RUN"
+# Serialise concurrent starts. Every daemon is started with fd 9 closed (9>&-), else it would
+# inherit the lock and hold it for its whole life.
 exec 9>"$RUN/start.lock"
 flock -w 600 9 || fail "another start.sh holds $RUN/start.lock"
 # Another start.sh may have finished while we waited for the lock.
@@ -240,7 +250,8 @@ install_packages() {
     chmod 755 "$policy"
     own_policy=1
   fi
-  local apt=(apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef
+  local apt=(apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300
+             -o Dpkg::Options::=--force-confdef
              -o Dpkg::Options::=--force-confold "${PACKAGES[@]}")
   local rc=0
   { DEBIAN_FRONTEND=noninteractive "${apt[@]}" >"$LOG/apt.log" 2>&1 \
@@ -277,21 +288,23 @@ if [[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" != "$CONF" ]]; then
   ln -sfn "$CONF" /etc/slurm/slurm.conf
 fi
 
-stop_daemon() {  # PIDFILE: SIGTERM, then SIGKILL after 15 s
-  local pid i
-  pid_alive "$1" || { rm -f "$1"; return 0; }
+stop_daemon() {  # PIDFILE COMM: SIGTERM, then SIGKILL after 15 s
+  local pid i name
+  pid_alive "$1" "$2" || { rm -f "$1"; return 0; }
   read -r pid <"$1"
+  name=${1##*/}
+  say "restarting ${name%.pid} (configuration changed)"
   kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 75; i++)); do pid_alive "$1" || break; sleep 0.2; done
-  pid_alive "$1" && kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 75; i++)); do pid_alive "$1" "$2" || break; sleep 0.2; done
+  if pid_alive "$1" "$2"; then kill -KILL "$pid" 2>/dev/null || true; fi
   rm -f "$1"
 }
 if ((conf_changed)); then
-  for n in "${NODES[@]}"; do stop_daemon "$RUN/slurmd-$n.pid"; done
-  stop_daemon "$RUN/slurmctld.pid"
-  stop_daemon "$RUN/slurmdbd.pid"
+  for n in "${NODES[@]}"; do stop_daemon "$RUN/slurmd-$n.pid" slurmd; done
+  stop_daemon "$RUN/slurmctld.pid" slurmctld
+  stop_daemon "$RUN/slurmdbd.pid" slurmdbd
 fi
-((db_conf_changed)) && stop_daemon "$RUN/mariadbd.pid"
+if ((db_conf_changed)); then stop_daemon "$RUN/mariadbd.pid" mariadbd; fi
 
 # ---------------------------------------------------------------------------------------------
 # munge: reuse a working munged (ours or the system's), else start one as user munge.
@@ -312,15 +325,16 @@ if ! munge_works; then
   rm -f "$RUN/munge/munged.pid"
   # --force: a munged that died left its socket behind (munge_works just proved nobody answers).
   runuser -u munge -- munged --force --pid-file="$RUN/munge/munged.pid" \
-    --log-file="$LOG/munged.log" </dev/null >>"$LOG/munged.log" 2>&1 \
+    --log-file="$LOG/munged.log" </dev/null >>"$LOG/munged.log" 2>&1 9>&- \
     || fail "munged did not start" "$LOG/munged.log"
   wait_for "$TIMEOUT" munged "$RUN/munge/munged.pid" "$LOG/munged.log" munge_works
 fi
 
 # ---------------------------------------------------------------------------------------------
 # MariaDB (private instance, socket only) and slurmdbd.
+# shellcheck disable=SC2317  # called through wait_for
 mariadb_ping() { mariadb-admin --defaults-file="$ETC/my.cnf" --connect-timeout=2 ping; }
-if ! pid_alive "$RUN/mariadbd.pid"; then
+if ! pid_alive "$RUN/mariadbd.pid" mariadbd; then
   if [[ ! -d $STATE/mysql/mysql ]]; then
     say "initialising MariaDB in $STATE/mysql"
     mariadb-install-db --defaults-file="$ETC/my.cnf" --auth-root-authentication-method=socket \
@@ -329,14 +343,14 @@ if ! pid_alive "$RUN/mariadbd.pid"; then
   fi
   rm -f "$RUN/mariadbd.pid" "$RUN/mysqld.sock"
   setsid "${DAEMON_ENV[@]}" mariadbd --defaults-file="$ETC/my.cnf" \
-    </dev/null >>"$LOG/mariadb.log" 2>&1 &
+    </dev/null >>"$LOG/mariadb.log" 2>&1 9>&- &
   wait_for "$TIMEOUT" MariaDB "$RUN/mariadbd.pid" "$LOG/mariadb.log" mariadb_ping
   chmod 644 "$RUN/mariadbd.pid"  # created 0660: let other users' start.sh see that it runs
 fi
 
-if ! pid_alive "$RUN/slurmdbd.pid"; then
+if ! pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
   rm -f "$RUN/slurmdbd.pid"
-  "${DAEMON_ENV[@]}" slurmdbd </dev/null >>"$LOG/slurmdbd.log" 2>&1 \
+  "${DAEMON_ENV[@]}" slurmdbd </dev/null >>"$LOG/slurmdbd.log" 2>&1 9>&- \
     || fail "slurmdbd did not start" "$LOG/slurmdbd.log"
   # The first start creates the accounting tables, which takes a few seconds.
   wait_for "$TIMEOUT" slurmdbd "$RUN/slurmdbd.pid" "$LOG/slurmdbd.log" sacctmgr -n list cluster
@@ -348,30 +362,34 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # slurmctld and one slurmd per emulated node.
-if ! pid_alive "$RUN/slurmctld.pid"; then
+if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
   rm -f "$RUN/slurmctld.pid"
-  "${DAEMON_ENV[@]}" slurmctld </dev/null >>"$LOG/slurmctld.log" 2>&1 \
+  "${DAEMON_ENV[@]}" slurmctld </dev/null >>"$LOG/slurmctld.log" 2>&1 9>&- \
     || fail "slurmctld did not start" "$LOG/slurmctld.log"
   wait_for "$TIMEOUT" slurmctld "$RUN/slurmctld.pid" "$LOG/slurmctld.log" scontrol ping
 fi
 for n in "${NODES[@]}"; do
-  if ! pid_alive "$RUN/slurmd-$n.pid"; then
+  if ! pid_alive "$RUN/slurmd-$n.pid" slurmd; then
     rm -f "$RUN/slurmd-$n.pid"
     mkdir -p "$SPOOL/$n"
-    "${DAEMON_ENV[@]}" slurmd -N "$n" </dev/null >>"$LOG/slurmd-$n.log" 2>&1 \
+    "${DAEMON_ENV[@]}" slurmd -N "$n" </dev/null >>"$LOG/slurmd-$n.log" 2>&1 9>&- \
       || fail "slurmd -N $n did not start" "$LOG/slurmd-$n.log"
   fi
 done
 
 # Nodes left DOWN by an unclean stop come back on registration (ReturnToService=2); a node
-# drained by hand does not: resume it once.
+# drained or downed by hand does not: resume it once.
 deadline=$((SECONDS + TIMEOUT))
 resumed=0
 until nodes_ready; do
   for n in "${NODES[@]}"; do
-    pid_alive "$RUN/slurmd-$n.pid" || fail "slurmd -N $n died during startup" "$LOG/slurmd-$n.log"
+    if died "$RUN/slurmd-$n.pid" slurmd; then
+      fail "slurmd -N $n died during startup" "$LOG/slurmd-$n.log"
+    fi
   done
-  if ((!resumed)) && sinfo -h -N -p "$PARTITION" -o '%t' 2>/dev/null | grep -Eq '^(drain|drng|down)$'; then
+  if ((!resumed)) \
+     && sinfo -h -N -p "$PARTITION" -o '%t' 2>/dev/null | grep -Eq '^(drain|drng|down)$'; then
+    say "resuming drained/down nodes"
     scontrol update NodeName="$(IFS=,; echo "${NODES[*]}")" State=RESUME >/dev/null 2>&1 || true
     resumed=1
   fi

@@ -24,31 +24,30 @@ esac
 
 say() { echo "slurm/stop.sh: $*" >&2; }
 
-# pid_alive PIDFILE: see start.sh; zombies (PID 1 does not reap here) count as stopped.
+# pid_alive PIDFILE COMM: as in start.sh; a zombie (PID 1 does not reap here) counts as stopped.
 pid_alive() {
   local pid stat
   [[ -r $1 ]] || return 1
   read -r pid <"$1" || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   stat=$(<"/proc/$pid/stat") 2>/dev/null || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != [ZX] ]]
+  [[ $stat == "$pid ($2) "[!ZX]* ]]
 }
 
 # stop_daemon NAME PIDFILE: SIGTERM, wait up to 20 s, then SIGKILL.
 stop_daemon() {
-  local name=$1 pidfile=$2 pid i
-  if ! pid_alive "$pidfile"; then
+  local name=$1 pidfile=$2 comm=${1%% *} pid i
+  if ! pid_alive "$pidfile" "$comm"; then
     rm -f "$pidfile"
     return 0
   fi
   read -r pid <"$pidfile"
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do
-    pid_alive "$pidfile" || break
+    pid_alive "$pidfile" "$comm" || break
     sleep 0.2
   done
-  if pid_alive "$pidfile"; then
+  if pid_alive "$pidfile" "$comm"; then
     say "$name (pid $pid) ignored SIGTERM for 20 s; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
   fi
@@ -62,7 +61,7 @@ if [[ ! -d $DIR ]]; then
 fi
 [[ $EUID -eq 0 ]] || { say "ERROR: stopping the daemons needs root (uid is $EUID)"; exit 1; }
 
-if ((purge)) && pid_alive "$RUN/slurmctld.pid"; then
+if ((purge)) && pid_alive "$RUN/slurmctld.pid" slurmctld; then
   # Job steps (slurmstepd) outlive slurmd: end them while the controller can still do it.
   mapfile -t jobs < <(squeue -h -o %A 2>/dev/null || true)
   if ((${#jobs[@]})); then
@@ -82,7 +81,7 @@ for pidfile in "$RUN"/slurmd-*.pid; do
 done
 stop_daemon slurmctld "$RUN/slurmctld.pid"
 stop_daemon slurmdbd "$RUN/slurmdbd.pid"
-stop_daemon MariaDB "$RUN/mariadbd.pid"
+stop_daemon mariadbd "$RUN/mariadbd.pid"
 stop_daemon munged "$RUN/munge/munged.pid"
 
 if ((purge)); then

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Dask inside a Slurm allocation: a scheduler on the first node and one worker per node, started
+# with srun; the scheduler file goes to shared storage; everything is torn down on exit.
+#
+# From a stage script (slurm/common.sh does this for cluster.kind=scheduler_file):
+#     source slurm/dask-cluster.sh; dask_cluster_start CONFIG [key=value ...]
+#     ... python jobs/STAGE.py CONFIG cluster.scheduler_file=$MP_SCHEDULER_FILE ...
+#     dask_cluster_stop
+# Or as a wrapper inside an allocation:
+#     slurm/dask-cluster.sh CONFIG [key=value ...] -- COMMAND [ARGS ...]
+# With cluster.gpu=true the workers are `dask cuda worker` (cuDF backend, --protocol ucx with
+# InfiniBand/NVLink when cluster.protocol=ucx). The scheduler file lives in
+# $MICROPARADE_SCHEDULER_DIR (default {slurm.log_dir}/dask-$SLURM_JOB_ID), which must be on a
+# filesystem every node sees.
+
+_dc_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck disable=SC1091
+source "$_dc_here/common.sh"
+
+dask_cluster_start() {
+  : "${SLURM_JOB_ID:?dask-cluster.sh must run inside a Slurm allocation}"
+  local nodes="${SLURM_JOB_NUM_NODES:-1}"
+  local cpus="${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}"
+  local log_dir
+  log_dir=$(mp config "$@" --get slurm.log_dir)
+  local dir="${MICROPARADE_SCHEDULER_DIR:-$log_dir/dask-$SLURM_JOB_ID}"
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  MP_SCHEDULER_FILE="$dir/scheduler.json"
+  export MP_SCHEDULER_FILE
+  rm -f "$MP_SCHEDULER_FILE"
+  local local_dir="${MICROPARADE_DASK_LOCAL_DIR:-${TMPDIR:-/tmp}}"
+  eval "$(mp dask-commands "$@" --scheduler-file "$MP_SCHEDULER_FILE" --nthreads "$cpus" --local-directory "$local_dir" --python "$MICROPARADE_PYTHON")"
+  if [ -n "$MP_DASK_ENV" ]; then
+    # shellcheck disable=SC2086
+    export $MP_DASK_ENV
+  fi
+  local first
+  first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  mp_log "dask: scheduler on $first, $nodes worker(s) with $cpus thread(s); scheduler file $MP_SCHEDULER_FILE"
+  # shellcheck disable=SC2086
+  srun --overlap --nodes=1 --ntasks=1 --nodelist="$first" --cpus-per-task=1 --mem=0 \
+    --output="$dir/scheduler-%j.log" $MP_DASK_SCHEDULER_CMD &
+  MP_DASK_SCHEDULER_PID=$!
+  local waited=0
+  while [ ! -s "$MP_SCHEDULER_FILE" ]; do
+    sleep 0.5; waited=$((waited + 1))
+    if ! kill -0 "$MP_DASK_SCHEDULER_PID" 2>/dev/null || [ $waited -gt 240 ]; then
+      mp_log "dask: scheduler did not start; log:"; cat "$dir"/scheduler-*.log >&2 || true
+      return 1
+    fi
+  done
+  # shellcheck disable=SC2086
+  srun --overlap --nodes="$nodes" --ntasks-per-node=1 --ntasks="$nodes" --cpus-per-task="$cpus" --mem=0 \
+    --output="$dir/worker-%j-%t.log" $MP_DASK_WORKER_CMD &
+  MP_DASK_WORKERS_PID=$!
+  trap dask_cluster_stop EXIT
+}
+
+dask_cluster_stop() {
+  for pid in ${MP_DASK_WORKERS_PID:-} ${MP_DASK_SCHEDULER_PID:-}; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in ${MP_DASK_WORKERS_PID:-} ${MP_DASK_SCHEDULER_PID:-}; do
+    wait "$pid" 2>/dev/null || true
+  done
+  MP_DASK_WORKERS_PID="" MP_DASK_SCHEDULER_PID=""
+  trap - EXIT
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  args=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
+  [ "${1:-}" = "--" ] || { echo "usage: $0 CONFIG [key=value ...] -- COMMAND [ARGS ...]" >&2; exit 2; }
+  shift
+  dask_cluster_start "${args[@]}"
+  rc=0
+  "$@" || rc=$?
+  dask_cluster_stop
+  exit $rc
+fi
