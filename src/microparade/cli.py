@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="re-hash every published file (sha256)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("config", help="print the resolved configuration")
+    p = sub.add_parser("config", help="print the resolved configuration (or one value with --get)")
     _add_config_args(p)
+    p.add_argument("--get", metavar="KEY", help="print only this dotted key's value, e.g. cluster.kind")
 
     p = sub.add_parser("generate", help="write a synthetic RecSys 2021 dataset")
     p.add_argument("--out", required=True, help="output directory (path or fsspec URL)")
@@ -131,7 +132,12 @@ def cmd_status(args) -> int:
 
 
 def cmd_config(args) -> int:
-    print(_load(args).to_yaml(), end="")
+    cfg = _load(args)
+    if args.get:
+        value = cfg.section(args.get)
+        print(value if isinstance(value, str) else json.dumps(value))
+    else:
+        print(cfg.to_yaml(), end="")
     return EXIT_OK
 
 

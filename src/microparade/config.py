@@ -114,9 +114,15 @@ class ClusterConfig(Section):
     scheduler_file: str | None = None
     #: Wait for this many workers before computing (scheduler_file / jobqueue).
     min_workers: int = Field(1, ge=1)
+    #: GPU workers: ``dask cuda worker`` per node, cuDF DataFrame backend (slurm/dask-cluster.sh).
     gpu: bool = False
     protocol: Literal["tcp", "ucx"] = "tcp"
+    #: Network interface for scheduler and workers (e.g. ``ib0`` for InfiniBand).
     interface: str | None = None
+    #: GPU workers: RMM pool per GPU (fraction of GPU memory or a size), and UCX transports.
+    rmm_pool_size: str | None = "0.9"
+    enable_infiniband: bool = True
+    enable_nvlink: bool = True
     jobqueue: JobqueueConfig = Field(default_factory=JobqueueConfig)
 
 
@@ -153,6 +159,8 @@ class HistoryConfig(Section):
 class TextConfig(Section):
     #: Max tokens kept per tweet (candidate or history item) after cleaning, specials included.
     max_length: int = Field(64, ge=8, le=512)
+    #: Rows per user-hash partition of the history join (bounds worker memory; output does not depend on it).
+    partition_rows: int = Field(200_000, ge=100)
 
 
 class FeaturesConfig(Section):
@@ -166,6 +174,8 @@ class ChunksConfig(Section):
     seed: int = 0
     compression: Literal["zstd", "snappy", "none"] = "zstd"
     row_group_rows: int = Field(8192, ge=64)
+    #: Rows of the shuffled split (its first rows) encoded to estimate the bytes per row.
+    sample_rows: int = Field(16384, ge=16)
 
 
 class ModelConfig(Section):
@@ -200,16 +210,27 @@ class TrainConfig(Section):
     #: Max tokens per encoder call in efficient encoding (pairs are bucketed by length under it).
     token_budget: int = Field(8192, ge=64)
     num_threads: int = Field(0, ge=0)
+    #: Pad every encoder call to its bucket's full capacity and drop short last batches, so tensor
+    #: shapes never depend on the data (for compilers such as XLA); costs data efficiency.
+    static_shapes: bool = False
 
 
 class EvaluateConfig(Section):
     splits: list[Split] = Field(default_factory=lambda: ["valid", "test"])
     batch_size: int = Field(64, ge=1)
+    #: Device for inference (one process): ``cpu`` or ``cuda`` (the first visible GPU).
+    backend: Literal["cpu", "cuda"] = "cpu"
+    #: Max tokens per encoder call (efficient encoding, as train.token_budget).
+    token_budget: int = Field(8192, ge=64)
 
 
 class ReportConfig(Section):
     baseline: bool = True
     baseline_max_rows: int = Field(200_000, ge=1000)
+    #: Seed of the baseline's training-row sample and of its gradient-boosted trees.
+    seed: int = 0
+    #: OpenMP threads of the baseline's trees (0 = the CPUs this process may run on).
+    baseline_threads: int = Field(0, ge=0)
 
 
 class SlurmStageConfig(Section):
@@ -268,6 +289,8 @@ class Config(Section):
         """The JSON-able value at a dotted path (``"data.generate"``, ``"history"``)."""
         node: Any = self
         for part in dotted.split("."):
+            if not isinstance(node, BaseModel) or part not in type(node).model_fields:
+                raise KeyError(f"no config key {dotted!r}")
             node = getattr(node, part)
         if isinstance(node, BaseModel):
             return node.model_dump(mode="json")
