@@ -64,7 +64,8 @@ def dask_client(cfg: Config) -> Iterator:
             threads_per_worker=c.threads_per_worker,
             memory_limit=c.memory_limit,
             processes=processes,
-            dashboard_address=":0" if c.dashboard else None,
+            dashboard_address=":0",
+            scheduler_kwargs=None if c.dashboard else {"dashboard": False},
             protocol="ucx" if c.protocol == "ucx" else None,
         )
         client = Client(cluster)

@@ -201,6 +201,9 @@ class StageContext:
     file_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Stage-specific manifest content (``manifest["extra"]``).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The manifest's total ``rows`` when not every file holds data rows (e.g. a quarantine file);
+    #: default: the sum over files.
+    total_rows: int | None = None
 
     @property
     def name(self) -> str:
@@ -432,14 +435,24 @@ def _collect_files(ctx: StageContext) -> list[dict[str, Any]]:
     return files
 
 
-def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession) -> Manifest:
-    """Run one stage to completion and publish it atomically; raise :class:`StageError` on failure."""
+def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession) -> Manifest | None:
+    """Run one stage to completion and publish it atomically; raise :class:`StageError` on failure.
+
+    Returns the published manifest, or None in a non-zero rank of a distributed launch.
+    """
     name = spec.name
     fingerprint, fp_parts = stage_fingerprint(cfg, spec, inputs)
+    from .backends import process_rank
+
+    if process_rank() > 0:
+        # A non-zero rank of a multi-process stage (torchrun, or srun with several tasks): rank 0
+        # owns the markers, the staging directory and the publication; this process only computes.
+        spec.load()(StageContext(cfg, spec, store, inputs, fingerprint, session))
+        return None
     _check_not_running(store, name)
     # 1. Nothing of the previous outputs is trusted from here on.
-    store.rm_file(store.path(name, MANIFEST))
-    store.rm_file(store.path(name, FAILED))
+    store.rm_file(f"{name}/{MANIFEST}")
+    store.rm_file(f"{name}/{FAILED}")
     started = time.time()
     marker = {
         "stage": name,
@@ -470,7 +483,7 @@ def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Mani
         )
         try:
             store.write_json_atomic(f"{name}/{FAILED}", failed)
-            store.rm_file(store.path(name, INCOMPLETE))
+            store.rm_file(f"{name}/{INCOMPLETE}")
         except Exception:  # pragma: no cover - storage gone; the incomplete marker stays
             log.exception("[%s] could not record the failure", name)
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -482,7 +495,7 @@ def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Mani
     for rel in store.walk_files(name):
         top = rel.split("/", 1)[0]
         if top not in _RESERVED:
-            store.rm_file(store.path(name, rel))
+            store.rm_file(f"{name}/{rel}")
     for f in files:
         store.move(f"{name}/{STAGING}/{f['path']}", f"{name}/{f['path']}")
     finished = time.time()
@@ -494,7 +507,9 @@ def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Mani
         "code_version": code_version(),
         "git_commit": git_commit(),
         "files": files,
-        "rows": sum(f["rows"] or 0 for f in files) if any(f["rows"] is not None for f in files) else None,
+        "rows": ctx.total_rows
+        if ctx.total_rows is not None
+        else (sum(f["rows"] or 0 for f in files) if any(f["rows"] is not None for f in files) else None),
         "bytes": sum(f["bytes"] for f in files),
         "started": marker["started"],
         "finished": now_iso(),
@@ -505,7 +520,7 @@ def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Mani
         "extra": ctx.extra,
     }
     store.write_json_atomic(f"{name}/{MANIFEST}", manifest)
-    store.rm_file(store.path(name, INCOMPLETE))
+    store.rm_file(f"{name}/{INCOMPLETE}")
     store.rm(f"{name}/{STAGING}")
     if not cfg.runner.keep_work:
         store.rm(f"{name}/{WORK}")
@@ -594,7 +609,9 @@ def run_pipeline(
                         outcome[spec.name] = "skipped"
                         continue
                     log.warning("[%s] published files fail verification, rerunning: %s", spec.name, problems[0])
-            manifests[spec.name] = run_stage(cfg, spec, store, inputs, session)
+            published = run_stage(cfg, spec, store, inputs, session)
+            if published is not None:
+                manifests[spec.name] = published
             outcome[spec.name] = "ran"
     finally:
         session.close()
