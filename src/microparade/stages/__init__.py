@@ -60,7 +60,7 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         "chunks",
-        inputs=("text", "features"),
+        inputs=("ingest", "text", "features"),
         config_keys=("chunks",),
         module="microparade.stages.chunks",
         description="join + shuffle, ~target_mb Parquet chunks + manifest",
