@@ -538,7 +538,13 @@ def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Mani
 
 
 def save_resolved_config(cfg: Config, store: Store) -> None:
-    store.write_bytes_atomic("config.yaml", cfg.to_yaml().encode())
+    """``{run_dir}/config.yaml``: the resolved config, ``storage_options`` values redacted
+    (they may hold credentials; the run dir is often shared)."""
+    import yaml
+
+    data = cfg.to_dict()
+    data["storage_options"] = {k: "<redacted>" for k in data["storage_options"]}
+    store.write_bytes_atomic("config.yaml", yaml.safe_dump(data, sort_keys=False).encode())
 
 
 def select_stages(cfg: Config, only: str | None = None, from_stage: str | None = None) -> list[str]:
