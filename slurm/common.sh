@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every stage script: finds the checkout and its Python, loads site settings, and
 # defines the helpers the scripts share. Not meant to be run.
 #
@@ -21,6 +22,12 @@ if [ -z "${MICROPARADE_PYTHON:-}" ]; then
 fi
 export MICROPARADE_PYTHON
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# Math libraries (torch, BLAS) default to one thread per core of the node, not of the allocation:
+# without cgroup CPU binding several jobs on a node then oversubscribe it badly.
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
+  export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"
+fi
 
 mp() { "$MICROPARADE_PYTHON" -m microparade.cli "$@"; }
 mp_log() { echo "[$(date +%H:%M:%S)] ${SLURM_JOB_NAME:-microparade} ${SLURM_JOB_ID:-}: $*" >&2; }
@@ -28,7 +35,7 @@ mp_log() { echo "[$(date +%H:%M:%S)] ${SLURM_JOB_NAME:-microparade} ${SLURM_JOB_
 # mp_stage STAGE CONFIG [key=value ...]: run one stage in this job.
 mp_stage() {
   local stage=$1; shift
-  mp_log "stage $stage on $(hostname) (nodes: ${SLURM_JOB_NODELIST:-none}, restart ${SLURM_RESTART_COUNT:-0})"
+  mp_log "stage $stage on ${SLURMD_NODENAME:-$(hostname)} (nodes: ${SLURM_JOB_NODELIST:-none}, restart ${SLURM_RESTART_COUNT:-0})"
   "$MICROPARADE_PYTHON" "$MICROPARADE_HOME/jobs/$stage.py" "$@"
 }
 
@@ -53,31 +60,51 @@ mp_dask_stage() {
 }
 
 # mp_requeueing STAGE CONFIG [key=value ...]: run a stage that checkpoints on SIGUSR2/SIGTERM.
-# The batch shell receives the signal (--signal=B:USR2@90), forwards it to the stage, and when the
-# stage exits with 124 (checkpoint saved) requeues this job; the rerun resumes from the checkpoint.
+# The batch shell receives SIGUSR2 before the time limit (--signal=B:USR2@90) and forwards it to
+# the stage, which saves a checkpoint and exits 124; the job then requeues itself and the rerun
+# resumes from the checkpoint. SIGTERM (scancel, preemption, `scontrol requeue`) is forwarded too
+# so the stage checkpoints, but the job is then already stopping and Slurm's decision stands: it
+# is requeued only while it is still RUNNING (never after scancel). A stage killed by SIGUSR2
+# before it installed its handler is requeued as well (it resumes from its last periodic
+# checkpoint). Jobs need --requeue and --open-mode=append (train.sbatch sets both).
 mp_requeueing() {
   local stage=$1; shift
-  mp_log "stage $stage on $(hostname) (restart ${SLURM_RESTART_COUNT:-0})"
   local launcher=()
   if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
     launcher=(srun --kill-on-bad-exit=1)
   fi
+  mp_log "stage $stage on ${SLURMD_NODENAME:-$(hostname)} (nodes: ${SLURM_JOB_NODELIST:-none}, tasks ${SLURM_NTASKS:-1}, restart ${SLURM_RESTART_COUNT:-0})"
+  MP_SIGNALLED=""
   "${launcher[@]}" "$MICROPARADE_PYTHON" "$MICROPARADE_HOME/jobs/$stage.py" "$@" &
   local pid=$!
-  trap 'mp_log "SIGUSR2: asking $stage to checkpoint"; kill -USR2 $pid 2>/dev/null' USR2
-  trap 'mp_log "SIGTERM: asking $stage to checkpoint"; kill -TERM $pid 2>/dev/null' TERM
+  # shellcheck disable=SC2064
+  trap "MP_SIGNALLED=USR2; mp_log 'SIGUSR2: asking $stage to checkpoint'; kill -USR2 $pid 2>/dev/null" USR2
+  # shellcheck disable=SC2064
+  trap "MP_SIGNALLED=TERM; mp_log 'SIGTERM: asking $stage to checkpoint'; kill -TERM $pid 2>/dev/null" TERM
   local rc
   while true; do
     # wait returns >128 when a trapped signal interrupts it; the stage may still be running.
     rc=0; wait "$pid" || rc=$?
-    if [ "$rc" -le 128 ]; then break; fi
-    if ! kill -0 "$pid" 2>/dev/null; then rc=0; wait "$pid" || rc=$?; break; fi
+    if [ "$rc" -le 128 ] || ! kill -0 "$pid" 2>/dev/null; then
+      if [ "$rc" -gt 128 ]; then rc=0; wait "$pid" || rc=$?; fi
+      break
+    fi
   done
   trap - USR2 TERM
-  if [ "$rc" -eq 124 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
-    mp_log "checkpoint saved; requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
-    sleep 300  # Slurm stops this run of the job; the requeued run resumes
+  if [ -n "${SLURM_JOB_ID:-}" ] && { [ "$rc" -eq 124 ] || { [ "$MP_SIGNALLED" = USR2 ] && [ "$rc" -ne 0 ]; }; }; then
+    local state
+    state=$(squeue -h -j "$SLURM_JOB_ID" -o %T 2>/dev/null || true)
+    if [ "$state" != RUNNING ]; then
+      mp_log "$stage stopped early (exit $rc); job $SLURM_JOB_ID is ${state:-gone} (Slurm is stopping it): not requeued by this script"
+    else
+      mp_log "$stage stopped early (exit $rc${MP_SIGNALLED:+ after SIG$MP_SIGNALLED}); requeueing job $SLURM_JOB_ID"
+      local answer
+      if answer=$(scontrol requeue "$SLURM_JOB_ID" 2>&1); then
+        sleep 300 || true  # Slurm stops this run of the job; the requeued run resumes
+      else
+        mp_log "scontrol requeue $SLURM_JOB_ID refused: $answer"
+      fi
+    fi
   fi
-  return $rc
+  return "$rc"
 }

@@ -26,6 +26,21 @@ def _wait_workers(client, n: int, timeout: float, what: str) -> None:
         raise TimeoutError(f"{what}: only {have} of {n} Dask workers connected after {timeout:.0f}s") from exc
 
 
+def expected_workers(cfg: Config) -> int:
+    """Workers to wait for before computing: ``cluster.min_workers``, and at least the number of
+    worker tasks ``slurm/dask-cluster.sh`` started (``$MICROPARADE_DASK_WORKERS``, one per node),
+    so that every node of the allocation takes part from the first task on."""
+    started = os.environ.get("MICROPARADE_DASK_WORKERS", "")
+    return max(cfg.cluster.min_workers, int(started) if started.isdigit() else 0)
+
+
+def describe_workers(client) -> str:
+    """``"2 worker(s): node1, node2"`` — worker names (the Slurm node for dask-cluster.sh workers)."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    names = sorted(str(w.get("name", w.get("id", "?"))) for w in workers)
+    return f"{len(names)} worker(s): {', '.join(names)}"
+
+
 def jobqueue_kwargs(cfg: Config) -> dict:
     """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from ``cluster.jobqueue``."""
     jq = cfg.cluster.jobqueue
@@ -92,11 +107,11 @@ def dask_client(cfg: Config) -> Iterator:
             time.sleep(0.5)
         client = Client(scheduler_file=path, timeout="60s")
         try:
-            _wait_workers(client, c.min_workers, 180, f"scheduler {path}")
+            _wait_workers(client, expected_workers(cfg), 180, f"scheduler {path}")
             log.info(
-                "cluster: scheduler_file %s, %d worker(s); dashboard %s",
+                "cluster: scheduler_file %s, %s; dashboard %s",
                 path,
-                len(client.scheduler_info().get("workers", {})),
+                describe_workers(client),
                 client.dashboard_link,
             )
             yield client
@@ -111,7 +126,13 @@ def dask_client(cfg: Config) -> Iterator:
         try:
             log.info("cluster: dask-jobqueue SLURMCluster, %d job(s); job script:\n%s", c.jobqueue.jobs, cluster.job_script())
             _wait_workers(client, max(c.min_workers, 1), c.jobqueue.wait_timeout_s, "SLURMCluster")
-            log.info("cluster: %d worker(s) up; dashboard %s", len(client.scheduler_info().get("workers", {})), client.dashboard_link)
+            jobs = sorted(str(job.job_id) for job in cluster.workers.values() if getattr(job, "job_id", None))
+            log.info(
+                "cluster: %s in Slurm job(s) %s; dashboard %s",
+                describe_workers(client),
+                ", ".join(jobs) or "?",
+                client.dashboard_link,
+            )
             yield client
         finally:
             client.close()

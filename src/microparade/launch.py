@@ -7,10 +7,13 @@ in ``{run_dir}/_slurm/jobs.json`` so that ``status``, ``cancel`` and the report 
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,20 +29,11 @@ from .storage import Store
 log = logging.getLogger("microparade")
 
 JOBS_FILE = "_slurm/jobs.json"
-TERMINAL_STATES = {
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-    "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
-}
-#: Stages whose sbatch script starts a Dask cluster inside the allocation when asked to.
-DASK_STAGES = ("ingest", "text", "features", "chunks")
 
 
 # ----------------------------------------------------------------------------------------------
 # planning
 # ----------------------------------------------------------------------------------------------
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "SUSPENDED", "COMPLETING", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED"}
-
-
 @dataclass
 class PendingStage:
     spec: StageSpec
@@ -49,19 +43,44 @@ class PendingStage:
 
 
 def pending_stages(cfg: Config, stages: list[str] | None = None) -> list[PendingStage]:
-    """Stages that are not done (a stage downstream of a pending one is never done), in order."""
+    """Stages that are not done (a stage downstream of a pending one is never done), in order.
+
+    A stage whose latest recorded job is still in the queue (pending, running, requeued) keeps
+    that job: launchers make dependents wait on it instead of submitting the stage twice.
+    """
     store = Store(cfg.run_dir, cfg.storage_options)
     statuses = {s.name: s for s in compute_status(cfg, store, verify="size")}
     todo = [spec for spec in pipeline(cfg) if (not stages or spec.name in stages) and statuses[spec.name].state != "done"]
     recorded = latest_jobs(store)
-    ids = [recorded[s.name] for s in todo if s.name in recorded]
-    info = sacct_info(ids) if ids else {}
+    queued = queued_jobs() if any(s.name in recorded for s in todo) else {}
     out = []
     for spec in todo:
-        jid = recorded.get(spec.name)
-        active = jid if jid and info.get(jid, {}).get("state") in ACTIVE_STATES else None
-        out.append(PendingStage(spec, statuses[spec.name], active))
+        job = recorded.get(spec.name)
+        out.append(PendingStage(spec, statuses[spec.name], job if job in queued else None))
     return out
+
+
+def queued_jobs() -> dict[str, str]:
+    """``{job_id: state}`` of this user's jobs that Slurm still holds (pending, running, requeued...).
+
+    Read from ``squeue`` (the controller itself) rather than ``sacct``: accounting lags the
+    scheduler, and a job submitted a moment ago must already count as queued. Empty without Slurm.
+    """
+    if shutil.which("squeue") is None:
+        return {}
+    cmd = ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if out.returncode != 0:
+        return {}
+    jobs = {}
+    for line in out.stdout.splitlines():
+        jid, sep, state = line.strip().partition("|")
+        if sep:
+            jobs[jid.split("_")[0]] = state
+    return jobs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,12 +138,19 @@ def sacct_info(job_ids: list[str]) -> dict[str, dict[str, str]]:
 
 
 def slurm_status_columns(cfg: Config, statuses: list[StageStatus]) -> dict[str, dict[str, str]] | None:
-    """Extra ``status`` columns (Slurm job id, sacct state, elapsed) for stages run under Slurm."""
+    """Extra ``status`` columns (Slurm job id, sacct state, elapsed) for stages run under Slurm.
+
+    A published stage shows the job that published it (none if it ran outside Slurm); any other
+    stage its latest recorded job (queued, running, failed, cancelled), else the job named in its
+    failure/incomplete marker.
+    """
     store = Store(cfg.run_dir, cfg.storage_options)
-    jobs = latest_jobs(store)
+    recorded = latest_jobs(store)
+    jobs: dict[str, str] = {}
     for s in statuses:
-        if s.name not in jobs and s.slurm_job_id:
-            jobs[s.name] = s.slurm_job_id
+        jid = s.slurm_job_id if s.manifest is not None else recorded.get(s.name) or s.slurm_job_id
+        if jid:
+            jobs[s.name] = str(jid)
     if not jobs:
         return None
     info = sacct_info(list(jobs.values()))
@@ -150,22 +176,37 @@ def stage_resources(cfg: Config, stage: str) -> SlurmStageConfig:
 
 
 def parse_time_minutes(t: str) -> int:
-    """Slurm time formats (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``) → minutes."""
-    days = 0
-    if "-" in t:
-        d, t = t.split("-", 1)
-        days = int(d)
-        parts = [int(p) for p in t.split(":")]
-        parts += [0] * (3 - len(parts))
-        h, m, s = parts
-    else:
-        parts = [int(p) for p in t.split(":")]
-        if len(parts) == 1:
-            h, m, s = 0, parts[0], 0
-        elif len(parts) == 2:
-            h, m, s = 0, parts[0], parts[1]
+    """A Slurm time limit → whole minutes, rounded up (submitit takes minutes).
+
+    Accepts Slurm's formats: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``.
+    """
+    text = str(t).strip()
+    try:
+        days = 0
+        rest = text
+        if "-" in text:
+            d, rest = text.split("-", 1)
+            days = int(d)
+            parts = [int(p) for p in rest.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            h, m, s = parts + [0] * (3 - len(parts))
         else:
-            h, m, s = parts
+            parts = [int(p) for p in rest.split(":")]
+            if len(parts) == 1:
+                h, m, s = 0, parts[0], 0
+            elif len(parts) == 2:
+                h, m, s = 0, parts[0], parts[1]
+            elif len(parts) == 3:
+                h, m, s = parts
+            else:
+                raise ValueError
+        if min(days, h, m, s) < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"slurm time {t!r} is not a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)"
+        ) from None
     return max(1, days * 1440 + h * 60 + m + (1 if s else 0))
 
 
@@ -198,9 +239,11 @@ class StageJob:
     """A submitit job running one stage; the train stage requeues itself after a preemption.
 
     The train stage installs its own SIGUSR2/SIGTERM handler (checkpoint at the next step, exit
-    124); on that code the job requeues itself with ``scontrol requeue`` and the rerun resumes
-    from the checkpoint. ``checkpoint()`` covers a signal that arrives before the stage's handler
-    is installed (submitit's own handler then requeues the same call).
+    124). On that code, when the job is still RUNNING (the signal was the pre-timeout SIGUSR2 of
+    ``--signal=USR2@90``), the job requeues itself with ``scontrol requeue`` and the rerun resumes
+    from the checkpoint; after SIGTERM Slurm is already stopping the job and decides itself
+    (:func:`requeue_self`). ``checkpoint()`` covers a SIGUSR2 that arrives before the stage's
+    handler is installed (submitit's own handler then requeues the same call).
     """
 
     def __init__(self, stage: str, config: str, overrides: list[str]):
@@ -211,6 +254,13 @@ class StageJob:
         from .jobs import run_one
 
         setup_logging()
+        log.info(
+            "stage %s in Slurm job %s on %s (restart %s)",
+            self.stage,
+            os.environ.get("SLURM_JOB_ID", "-"),
+            os.environ.get("SLURMD_NODENAME", "-"),
+            os.environ.get("SLURM_RESTART_COUNT", "0"),
+        )
         rc = run_one(self.stage, self.config, self.overrides)
         if rc == EXIT_PREEMPTED and "SLURM_JOB_ID" in os.environ:
             requeue_self()
@@ -224,16 +274,46 @@ class StageJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def requeue_self() -> None:
-    """Requeue the current Slurm job and wait to be stopped by Slurm (which requeue does)."""
+def job_state(job_id: str) -> str | None:
+    """The controller's current state of a job (``RUNNING``, ``COMPLETING``...), None if unknown."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def requeue_self(wait_s: float = 600) -> None:
+    """Requeue the current Slurm job after a checkpoint, then wait for Slurm to stop this run.
+
+    Only while the job is still RUNNING: after SIGTERM from ``scancel``, a preemption or an
+    administrator's ``scontrol requeue`` the job is already stopping (COMPLETING), Slurm decides
+    whether it comes back, and requeueing it here would undo a cancel. Then, and when
+    ``scontrol requeue`` is refused, raises RuntimeError saying why. Only task 0 asks; the other
+    tasks of a multi-task job wait to be stopped with it.
+    """
     job = os.environ["SLURM_JOB_ID"]
-    log.warning("requeueing Slurm job %s to resume from the checkpoint", job)
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    time.sleep(600)
-    raise RuntimeError(f"job {job} was requeued but not stopped by Slurm within 600 s")
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        state = job_state(job)
+        if state != "RUNNING":
+            raise RuntimeError(
+                f"checkpoint saved; job {job} is {state or 'gone'} (stopped by Slurm: scancel, preemption "
+                f"or requeue), so it is not requeued from here"
+            )
+        log.warning("requeueing Slurm job %s to resume from the checkpoint", job)
+        proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if proc.returncode != 0:
+            answer = (proc.stderr or proc.stdout).strip()
+            raise RuntimeError(f"scontrol requeue {job} refused: {answer} (does the job have --requeue?)")
+    # Slurm now stops this run with SIGTERM; let it end the process at once (submitit's own
+    # handler ignores SIGTERM, which would hold the requeue back until SIGKILL after KillWait).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(wait_s)
+    raise RuntimeError(f"job {job} was requeued but not stopped by Slurm within {wait_s:.0f} s")
 
 
 def _submitit_params(cfg: Config, stage: str) -> dict[str, Any]:
+    """submitit ``update_parameters`` keywords for a stage's ``slurm.<stage>`` resources."""
     r = stage_resources(cfg, stage)
     params: dict[str, Any] = {"slurm_job_name": f"mp-{stage}"}
     if r.partition:
@@ -256,11 +336,51 @@ def _submitit_params(cfg: Config, stage: str) -> dict[str, Any]:
             params["slurm_ntasks_per_node"] = r.gpus_per_node
     if stage == "train":
         params["slurm_signal_delay_s"] = 90
+    # As slurm/common.sh: the site's settings (module loads...), and math libraries that use the
+    # allocation's CPUs, not every core of the node.
+    setup = []
+    site = site_script()
+    if site is not None:
+        setup.append(f"source {shlex.quote(str(site))}")
+    setup.append('if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"; fi')
+    params["slurm_setup"] = setup
     return params
 
 
-def submit(config: str, overrides: list[str], stages: list[str] | None = None) -> list[tuple[str, str]]:
-    """Submit one submitit job per pending stage with afterok dependencies; returns (stage, job id)."""
+def site_script() -> Path | None:
+    """``slurm/site.sh`` of the checkout (``$MICROPARADE_HOME``, else the one this package is in), if any."""
+    home = os.environ.get("MICROPARADE_HOME")
+    root = Path(home) if home else Path(__file__).resolve().parents[2]
+    path = root / "slurm" / "site.sh"
+    return path if path.is_file() else None
+
+
+def _check_submittable(cfg: Config) -> None:
+    c = cfg.cluster
+    if c.kind == "scheduler_file" and not (c.scheduler_file or os.environ.get("MICROPARADE_SCHEDULER_FILE")):
+        raise RuntimeError(
+            "cluster.kind=scheduler_file without cluster.scheduler_file: the Dask cluster inside each "
+            "allocation is started by the sbatch scripts; use slurm/pipeline.sh, or point "
+            "cluster.scheduler_file at a running scheduler, or use cluster.kind=local or jobqueue"
+        )
+    if shutil.which("sbatch") is None:
+        raise RuntimeError("sbatch is not on PATH: microparade submit needs a Slurm cluster (run it on a login node)")
+
+
+@dataclass
+class Submission:
+    stage: str
+    job_id: str
+    #: True when the stage's job was already queued and was not submitted again.
+    already_queued: bool = False
+
+
+def submit(config: str, overrides: list[str], stages: list[str] | None = None) -> list[Submission]:
+    """Submit one submitit job per pending stage with afterok dependencies.
+
+    Returns one :class:`Submission` per pending stage (empty when every stage is done); stages
+    whose job is still queued are not resubmitted, their dependents wait on that job.
+    """
     import submitit
 
     cfg = load_config(config, overrides)
@@ -269,8 +389,7 @@ def submit(config: str, overrides: list[str], stages: list[str] | None = None) -
     todo = pending_stages(cfg, stages)
     if not todo:
         return []
-    if shutil.which("sbatch") is None:
-        raise RuntimeError("sbatch is not on PATH: microparade submit needs a Slurm cluster")
+    _check_submittable(cfg)
     folder = Path(cfg.slurm.log_dir).resolve() / "submitit" / "%j"
     submitted: dict[str, str] = {}
     out = []
@@ -279,30 +398,35 @@ def submit(config: str, overrides: list[str], stages: list[str] | None = None) -
         if item.active_job:
             log.info("%s: already queued as job %s; not resubmitted", spec.name, item.active_job)
             submitted[spec.name] = item.active_job
+            out.append(Submission(spec.name, item.active_job, already_queued=True))
             continue
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params = _submitit_params(cfg, spec.name)
+        extra: dict[str, Any] = {}
         deps = [submitted[i] for i in spec.inputs if i in submitted]
         if deps:
-            params["slurm_additional_parameters"] = {"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"}
+            extra.update({"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"})
         if spec.name == "train":
-            params.setdefault("slurm_additional_parameters", {})["requeue"] = True
+            extra["requeue"] = True
+        if extra:
+            params["slurm_additional_parameters"] = extra
         executor.update_parameters(**params)
         job = executor.submit(StageJob(spec.name, config_abs, overrides))
-        submitted[spec.name] = str(job.job_id)
-        record_job(store, spec.name, job.job_id, "submitit", folder=str(folder).replace("%j", str(job.job_id)))
-        out.append((spec.name, str(job.job_id)))
+        jid = str(job.job_id)
+        submitted[spec.name] = jid
+        record_job(store, spec.name, jid, "submitit", folder=str(folder).replace("%j", jid))
+        out.append(Submission(spec.name, jid))
     return out
 
 
 def cancel(cfg: Config) -> list[str]:
-    """scancel every recorded job of this run that has not finished; returns the cancelled ids."""
+    """scancel every recorded job of this run that Slurm still holds; returns the cancelled ids."""
     store = Store(cfg.run_dir, cfg.storage_options)
-    ids = [e["job_id"] for entries in read_jobs(store).values() for e in entries]
+    ids = list(dict.fromkeys(e["job_id"] for entries in read_jobs(store).values() for e in entries))
     if not ids:
         return []
-    info = sacct_info(ids)
-    live = [j for j in ids if info.get(j, {}).get("state", "PENDING") not in TERMINAL_STATES]
+    queued = queued_jobs()
+    live = [j for j in ids if j in queued]
     if live:
         subprocess.run(["scancel", *live], check=True)
     return live
@@ -311,10 +435,33 @@ def cancel(cfg: Config) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Dask inside an allocation (slurm/dask-cluster.sh)
 # ----------------------------------------------------------------------------------------------
+class ShellVar(str):
+    """A command word that the shell must expand where the command runs (``$SLURMD_NODENAME``).
+
+    :func:`shell_join` writes it double-quoted instead of single-quoted, so that a command rendered
+    once in the batch script expands per task when each srun task runs it with ``bash -c``.
+    """
+
+    def __new__(cls, name: str) -> ShellVar:
+        if not name.replace("_", "").isalnum() or name[0].isdigit():
+            raise ValueError(f"not a shell variable name: {name!r}")
+        return super().__new__(cls, name)
+
+
+#: Dask worker name: the Slurm node the worker runs on (tells workers apart in the scheduler and
+#: dashboard; ``dask cuda worker`` appends ``-<gpu index>`` when it starts several).
+WORKER_NAME = ShellVar("SLURMD_NODENAME")
+
+
+def shell_join(cmd: list[str]) -> str:
+    """A command line for ``bash -c``: words quoted, :class:`ShellVar` words left to expand."""
+    return " ".join(f'"${{{w}}}"' if isinstance(w, ShellVar) else shlex.quote(w) for w in cmd)
+
+
 def dask_scheduler_command(cfg: Config, scheduler_file: str, python: str | None = None) -> list[str]:
-    """The scheduler process started on the allocation's first node."""
+    """The scheduler process started on the allocation's first node (random ports: several jobs may share a node)."""
     c = cfg.cluster
-    cmd = [python or sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", scheduler_file]
+    cmd = [python or sys.executable, "-m", "dask", "scheduler", "--scheduler-file", scheduler_file]
     cmd += ["--port", "0", "--dashboard-address", ":0"]
     if c.protocol == "ucx":
         cmd += ["--protocol", "ucx"]
@@ -324,14 +471,24 @@ def dask_scheduler_command(cfg: Config, scheduler_file: str, python: str | None 
 
 
 def dask_worker_command(
-    cfg: Config, scheduler_file: str, nthreads: int, local_directory: str, python: str | None = None
+    cfg: Config,
+    scheduler_file: str,
+    nthreads: int,
+    local_directory: str,
+    python: str | None = None,
+    name: str | None = WORKER_NAME,
 ) -> list[str]:
-    """One worker process per node: ``dask worker`` on CPU nodes, ``dask cuda worker`` with UCX on GPU nodes."""
+    """The worker process started on every node of the allocation (one srun task per node).
+
+    CPU nodes: ``dask worker`` with one process of ``nthreads`` threads. GPU nodes
+    (``cluster.gpu``): ``dask cuda worker``, which starts one worker per visible GPU, with an RMM
+    pool and, for ``cluster.protocol=ucx``, UCX over InfiniBand/NVLink (UCXX through
+    distributed-ucxx). ``name`` defaults to the node name, expanded where the worker runs.
+    """
     c = cfg.cluster
     py = python or sys.executable
     if c.gpu:
-        dask_cli = str(Path(py).with_name("dask"))
-        cmd = [dask_cli, "cuda", "worker", "--scheduler-file", scheduler_file]
+        cmd = [py, "-m", "dask", "cuda", "worker", "--scheduler-file", scheduler_file]
         cmd += ["--local-directory", local_directory]
         if c.protocol == "ucx":
             cmd += ["--protocol", "ucx", "--enable-tcp-over-ucx"]
@@ -341,39 +498,50 @@ def dask_worker_command(
             cmd += ["--interface", c.interface]
         if c.rmm_pool_size:
             cmd += ["--rmm-pool-size", c.rmm_pool_size]
-        return cmd
-    cmd = [py, "-m", "distributed.cli.dask_worker", "--scheduler-file", scheduler_file]
-    cmd += ["--nworkers", "1", "--nthreads", str(nthreads), "--memory-limit", c.memory_limit]
-    cmd += ["--local-directory", local_directory]
-    if c.protocol == "ucx":
-        cmd += ["--protocol", "ucx"]
-    if c.interface:
-        cmd += ["--interface", c.interface]
+    else:
+        cmd = [py, "-m", "dask", "worker", "--scheduler-file", scheduler_file]
+        cmd += ["--nworkers", "1", "--nthreads", str(nthreads), "--memory-limit", c.memory_limit]
+        cmd += ["--local-directory", local_directory]
+        if c.protocol == "ucx":
+            cmd += ["--protocol", "ucx"]
+        if c.interface:
+            cmd += ["--interface", c.interface]
+    if name:
+        cmd += ["--name", name]
     return cmd
 
 
 def dask_environment(cfg: Config) -> dict[str, str]:
-    """Environment for scheduler, workers and client: cuDF backend and UCX settings on GPU nodes."""
+    """Environment for scheduler, workers and client: cuDF backend and UCX settings on GPU nodes.
+
+    UCX settings are given under distributed-ucxx's keys (``DASK_DISTRIBUTED_UCXX__*``) and under
+    the legacy ``distributed.comm.ucx`` keys that older dask-cuda/distributed releases read.
+    """
     env: dict[str, str] = {}
-    if cfg.cluster.gpu:
+    c = cfg.cluster
+    if c.gpu:
         env["DASK_DATAFRAME__BACKEND"] = "cudf"
-    if cfg.cluster.protocol == "ucx":
-        env["DASK_DISTRIBUTED__COMM__UCX__CREATE_CUDA_CONTEXT"] = "True"
-        if cfg.cluster.gpu:
-            env["DASK_DISTRIBUTED__COMM__UCX__INFINIBAND"] = str(cfg.cluster.enable_infiniband)
-            env["DASK_DISTRIBUTED__COMM__UCX__NVLINK"] = str(cfg.cluster.enable_nvlink)
+    if c.protocol == "ucx" and c.gpu:
+        settings = {
+            "CREATE_CUDA_CONTEXT": "True",
+            "CUDA_COPY": "True",
+            "TCP": "True",
+            "INFINIBAND": str(c.enable_infiniband),
+            "NVLINK": str(c.enable_nvlink),
+        }
+        for key, value in settings.items():
+            env[f"DASK_DISTRIBUTED_UCXX__{key}"] = value
+            env[f"DASK_DISTRIBUTED__COMM__UCX__{key}"] = value
     return env
 
 
 def _cmd_dask_commands(args) -> int:
-    import shlex
-
     cfg = load_config(args.config, args.overrides)
     sched = dask_scheduler_command(cfg, args.scheduler_file, args.python)
     worker = dask_worker_command(cfg, args.scheduler_file, args.nthreads, args.local_directory, args.python)
     env = dask_environment(cfg)
-    print("MP_DASK_SCHEDULER_CMD=" + shlex.quote(shlex.join(sched)))
-    print("MP_DASK_WORKER_CMD=" + shlex.quote(shlex.join(worker)))
+    print("MP_DASK_SCHEDULER_CMD=" + shlex.quote(shell_join(sched)))
+    print("MP_DASK_WORKER_CMD=" + shlex.quote(shell_join(worker)))
     print("MP_DASK_ENV=" + shlex.quote(" ".join(f"{k}={v}" for k, v in env.items())))
     return 0
 
@@ -382,7 +550,13 @@ def _cmd_dask_commands(args) -> int:
 # CLI
 # ----------------------------------------------------------------------------------------------
 def add_cli_commands(sub, add_config_args) -> None:
-    p = sub.add_parser("plan", help="list the stages that are not done (what a launcher would submit)")
+    p = sub.add_parser(
+        "plan",
+        help="list the stages that are not done (what a launcher would submit)",
+        description="One line per pending stage, tab-separated: stage, inputs (comma-separated), "
+        "state, the job already queued for it, sbatch options of its slurm.<stage> resources; "
+        '"-" stands for an empty field.',
+    )
     add_config_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_plan)
@@ -421,10 +595,32 @@ def _cmd_plan(args) -> int:
     cfg = load_config(args.config, args.overrides)
     todo = pending_stages(cfg)
     if args.json:
-        print(json.dumps([{"stage": p.spec.name, "inputs": list(p.spec.inputs), "state": p.status.state, "active_job": p.active_job} for p in todo]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "stage": p.spec.name,
+                        "inputs": list(p.spec.inputs),
+                        "state": p.status.state,
+                        "active_job": p.active_job,
+                        "sbatch_args": sbatch_args(cfg, p.spec.name),
+                    }
+                    for p in todo
+                ]
+            )
+        )
     else:
+        # Tab-separated, no empty field ("-" instead): `read` in slurm/pipeline.sh collapses runs
+        # of tabs, so an empty field would shift the ones after it.
         for p in todo:
-            print(f"{p.spec.name}\t{','.join(p.spec.inputs)}\t{p.status.state}\t{p.active_job or ''}")
+            fields = [
+                p.spec.name,
+                ",".join(p.spec.inputs) or "-",
+                p.status.state,
+                p.active_job or "-",
+                " ".join(sbatch_args(cfg, p.spec.name)) or "-",
+            ]
+            print("\t".join(fields))
     return 0
 
 
@@ -435,10 +631,15 @@ def _cmd_submit(args) -> int:
     except RuntimeError as exc:
         print(f"microparade: {exc}", file=sys.stderr)
         return 1
+    for j in jobs:
+        print(f"{j.stage}\t{j.job_id}" + ("\t(already queued; not resubmitted)" if j.already_queued else ""))
+    new = [j for j in jobs if not j.already_queued]
     if not jobs:
         print("microparade: every stage is done; nothing submitted")
-    for stage, jid in jobs:
-        print(f"{stage}\t{jid}")
+    elif not new:
+        print("microparade: every pending stage is already queued; nothing submitted")
+    else:
+        print(f"microparade: submitted {len(new)} job(s)")
     return 0
 
 

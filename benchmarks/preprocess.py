@@ -1,0 +1,732 @@
+#!/usr/bin/env python
+"""Preprocessing throughput, worker memory, and vectorised vs per-row-Python history sampling.
+
+For each data size (generated rows; default 100k, 300k and 1M) the benchmark
+
+1. writes a synthetic dataset with :func:`microparade.generate.generate_dataset` (``users`` scales
+   with ``rows``, so rows per user stay the same at every size);
+2. runs the real pipeline through the runner, ``run_pipeline(cfg, until="chunks")``, on the local
+   Dask cluster of the config (default 2 workers x 1 thread, 4 GiB each), in a fresh run directory,
+   and reads each stage's ``duration_s`` from its manifest: ingest is reported on its own (it also
+   pays for starting the cluster), text + features + chunks give the headline rows/s;
+3. samples the RSS of every Dask worker process during the run (see :class:`WorkerMemorySampler`)
+   and reports the peak per worker, per stage, plus the kernel's high-water mark (``VmHWM``);
+4. extracts the engagement log from the ingest output exactly as the text stage defines it
+   (engagements = rows of ``history.sources`` with a label timestamp, time = the earliest one;
+   targets = every row) and selects the history windows (``history.window``, ``history.size``;
+   default ``past``, H=10) twice in this process, on the same frames: with the vectorised
+   :func:`microparade.history.select_windows` (median of ``--repeat`` runs) and with
+   :func:`microparade.history.select_windows_python`, the original MicroParade approach (group by
+   user, a Python loop per row). The two results must be equal, element for element, or the
+   benchmark fails: the ratio compares two computations of the same thing;
+5. runs the same selection the way the original code ran it, as a Dask
+   ``groupby("user").apply(...)`` with per-row Python on a local cluster of the same shape, next to
+   the vectorised equivalent on Dask (shuffle by user + ``map_partitions(select_windows)``), both
+   from the same persisted frame; both results are checked against the in-process vectorised one.
+
+    python benchmarks/preprocess.py                     # 100k, 300k, 1M rows
+    python benchmarks/preprocess.py --sizes 100000      # one size
+    python benchmarks/preprocess.py --quick             # 20k-row smoke run (~1-2 min)
+    python benchmarks/preprocess.py --write-docs        # record the results in docs/benchmarks.md
+
+Run it as a script (``if __name__ == "__main__"``): the local cluster starts worker processes with
+``spawn``, which re-imports the main module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from microparade.cluster import dask_client
+from microparade.config import SPLITS, Config, build_config
+from microparade.generate import generate_dataset
+from microparade.history import select_windows, select_windows_python
+from microparade.recsys import TARGET_TIMESTAMP, TARGETS
+from microparade.runner import read_manifest, run_pipeline
+from microparade.stages.text import engagement_columns
+from microparade.storage import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Preprocessing"
+DOC_INTRO = (
+    "# Benchmarks\n\n"
+    "Measured numbers of the scripts in `benchmarks/` (how to run them: `benchmarks/README.md`). "
+    "Each section is written by its script's `--write-docs` and states the machine, the load and "
+    "the command it was measured with.\n"
+)
+DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
+QUICK_SIZE = 20_000
+PIPELINE = ("ingest", "text", "features", "chunks")
+TIMED = ("text", "features", "chunks")
+MB = 1e6
+
+
+# --------------------------------------------------------------------------------------------
+# machine and memory
+# --------------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """CPU count, model and RAM of this machine (what the numbers were measured on)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "ram_gib": psutil.virtual_memory().total / 2**30,
+        "python": platform.python_version(),
+    }
+
+
+def _vm_hwm(pid: int) -> int | None:
+    """The kernel's peak-RSS high-water mark of a process in bytes (``VmHWM``), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class WorkerMemorySampler(threading.Thread):
+    """Polls the RSS of the Dask worker processes (and of this process) in the background.
+
+    Why this way: the runner owns the Dask client and closes the cluster when the run ends, so
+    nothing can be attached to it from outside; a ``distributed`` ``MemorySampler`` would need that
+    client and only sees the memory the workers report in their heartbeats (~0.5 s). A
+    ``LocalCluster`` with worker processes starts each worker with ``multiprocessing`` ``spawn``
+    as a child of this process, so the benchmark can read their RSS directly with psutil (every
+    ``interval`` s, unmanaged memory included) and, at each poll, the kernel's ``VmHWM``: the exact
+    peak since the worker started, which catches spikes shorter than the polling interval. Worker
+    processes are recognised by ``spawn_main`` in their command line (the resource tracker, the
+    other ``multiprocessing`` child, is not one).
+    """
+
+    def __init__(self, interval: float = 0.1):
+        super().__init__(name="worker-memory-sampler", daemon=True)
+        self.interval = interval
+        self.samples: list[tuple[float, int, dict[int, int]]] = []  # (time, own rss, {pid: rss})
+        self.loads: list[tuple[float, float]] = []  # (time, 1-minute load average)
+        self.hwm: dict[int, int] = {}  # pid -> last VmHWM seen
+        self.first_seen: dict[int, float] = {}
+        self._halt = threading.Event()
+        self._me = psutil.Process()
+        self._is_worker: dict[int, bool] = {}
+
+    def _workers(self) -> list[psutil.Process]:
+        out = []
+        for child in self._me.children(recursive=True):
+            pid = child.pid
+            if pid not in self._is_worker:
+                try:
+                    self._is_worker[pid] = any("spawn_main" in part for part in child.cmdline())
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            if self._is_worker[pid]:
+                out.append(child)
+        return out
+
+    def sample(self) -> None:
+        now = time.time()
+        rss: dict[int, int] = {}
+        for proc in self._workers():
+            try:
+                rss[proc.pid] = proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            hwm = _vm_hwm(proc.pid)
+            if hwm is not None:
+                self.hwm[proc.pid] = hwm
+            self.first_seen.setdefault(proc.pid, now)
+        self.samples.append((now, self._me.memory_info().rss, rss))
+        self.loads.append((now, os.getloadavg()[0]))
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def peaks(self, start: float, end: float) -> tuple[dict[int, int], int]:
+        """Peak sampled RSS per worker pid and of this process within ``[start, end]``."""
+        per_worker: dict[int, int] = {}
+        own = 0
+        for t, me, rss in self.samples:
+            if start <= t <= end:
+                own = max(own, me)
+                for pid, r in rss.items():
+                    per_worker[pid] = max(per_worker.get(pid, 0), r)
+        return per_worker, own
+
+    def load_stats(self, start: float, end: float) -> dict[str, float]:
+        vals = [v for t, v in self.loads if start <= t <= end] or [os.getloadavg()[0]]
+        return {"min": min(vals), "mean": statistics.fmean(vals), "max": max(vals)}
+
+
+# --------------------------------------------------------------------------------------------
+# pipeline
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SizeResult:
+    size: int
+    rows: int = 0
+    generate_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+    parts: int = 0
+    largest_part_rows: int = 0
+    worker_peak_mb: dict[str, list[float]] = field(default_factory=dict)  # stage -> per worker
+    run_peak_mb: list[float] = field(default_factory=list)  # per worker, whole run, sampled
+    hwm_mb: list[float] = field(default_factory=list)  # per worker, kernel high-water mark
+    client_peak_mb: float = 0.0
+    cluster_start_s: float | None = None
+    load: dict[str, float] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)
+    dask: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timed_s(self) -> float:
+        return sum(self.stage_s[s] for s in TIMED)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.timed_s
+
+
+def make_config(run_dir: Path, raw_dir: Path, overrides: list[str]) -> Config:
+    data = {
+        "run_dir": str(run_dir),
+        "data": {"raw": {split: str(raw_dir / split) for split in SPLITS}},
+    }
+    return build_config(data, overrides, source="benchmarks/preprocess.py")
+
+
+def generate(raw_dir: Path, rows: int, seed: int) -> float:
+    """Generate (or reuse, when ``raw_dir`` holds this exact dataset) the raw files; returns seconds."""
+    stamp = raw_dir / "benchmark-dataset.json"
+    wanted = {"rows": rows, "seed": seed}
+    if stamp.exists() and json.loads(stamp.read_text()).get("args") == wanted:
+        return json.loads(stamp.read_text())["seconds"]
+    started = time.perf_counter()
+    summary = generate_dataset(str(raw_dir), rows=rows, seed=seed, progress=False)
+    seconds = time.perf_counter() - started
+    if sum(summary["rows"].values()) != rows:
+        raise RuntimeError(f"generate_dataset wrote {summary['rows']} rows, asked for {rows}")
+    stamp.write_text(json.dumps({"args": wanted, "seconds": seconds}))
+    return seconds
+
+
+def _iso(ts: str) -> float:
+    return _dt.datetime.fromisoformat(ts).timestamp()
+
+
+def run_stages(res: SizeResult, cfg: Config, sampler: WorkerMemorySampler) -> None:
+    """Run ingest..chunks once, fresh, and fill durations and memory peaks of ``res``."""
+    started = time.time()
+    outcome = run_pipeline(cfg, until="chunks", force=True)
+    finished = time.time()
+    if [outcome.get(s) for s in PIPELINE] != ["ran"] * len(PIPELINE):
+        raise RuntimeError(f"expected every stage to run, got {outcome}")
+    store = Store(cfg.run_dir, cfg.storage_options)
+    manifests = {s: read_manifest(store, s) for s in PIPELINE}
+    ingest = manifests["ingest"]
+    res.rows = int(ingest.data["rows"])
+    part_rows = [f["rows"] for f in ingest.files if "/part-" in f["path"]]
+    res.parts, res.largest_part_rows = len(part_rows), max(part_rows)
+    for stage, m in manifests.items():
+        if m.data["rows"] != res.rows:
+            raise RuntimeError(f"{stage} published {m.data['rows']} rows, ingest {res.rows}")
+        res.stage_s[stage] = float(m.data["duration_s"])
+        per_worker, _ = sampler.peaks(_iso(m.data["started"]), _iso(m.data["finished"]))
+        res.worker_peak_mb[stage] = [v / MB for _, v in sorted(per_worker.items())]
+    per_worker, own = sampler.peaks(started, finished)
+    pids = sorted(per_worker)
+    res.run_peak_mb = [per_worker[p] / MB for p in pids]
+    res.hwm_mb = [sampler.hwm[p] / MB for p in pids if p in sampler.hwm]
+    res.client_peak_mb = own / MB
+    seen = [sampler.first_seen[p] for p in pids if p in sampler.first_seen]
+    if len(seen) >= cfg.cluster.n_workers:
+        res.cluster_start_s = sorted(seen)[cfg.cluster.n_workers - 1] - _iso(ingest.data["started"])
+    res.load = sampler.load_stats(started, finished)
+
+
+# --------------------------------------------------------------------------------------------
+# history windows
+# --------------------------------------------------------------------------------------------
+def history_frame(cfg: Config) -> pd.DataFrame:
+    """Every ingest row with the key columns of history selection, as the text stage sees them.
+
+    Columns: ``pos`` (row position), ``split`` (index in SPLITS), ``row_id``, ``user``, ``tweet``,
+    ``time`` (tweet timestamp), ``eng_time`` (earliest label timestamp, 0 if none), ``eng_mask``
+    (engagement bits; 0 outside ``history.sources``) and ``eng_pos`` (position among the
+    engagements, -1 for rows that are not one).
+    """
+    store = Store(cfg.run_dir, cfg.storage_options)
+    ingest = read_manifest(store, "ingest")
+    sources = set(cfg.history.sources)
+    cols = ["row_id", "b_user_id", "tweet_id", "tweet_timestamp"] + [TARGET_TIMESTAMP[t] for t in TARGETS]
+    frames = []
+    for split in SPLITS:
+        for rel in sorted(f["path"] for f in ingest.files if f["path"].startswith(f"{split}/part-")):
+            with store.open(f"ingest/{rel}", "rb") as fh:
+                table = pq.read_table(fh, columns=cols)
+            mask, eng_time = engagement_columns(table)
+            if split not in sources:
+                mask[:] = 0
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "split": np.full(table.num_rows, SPLITS.index(split), dtype=np.int8),
+                        "row_id": table.column("row_id").to_numpy(),
+                        "user": pd.Series(table.column("b_user_id").to_pandas(), dtype="str"),
+                        "tweet": pd.Series(table.column("tweet_id").to_pandas(), dtype="str"),
+                        "time": table.column("tweet_timestamp").to_numpy().astype(np.int64),
+                        "eng_time": np.asarray(pc.fill_null(eng_time, 0).to_numpy(), dtype=np.int64),
+                        "eng_mask": mask,
+                    }
+                )
+            )
+    df = pd.concat(frames, ignore_index=True)
+    df.insert(0, "pos", np.arange(len(df), dtype=np.int64))
+    is_eng = df["eng_mask"].to_numpy() > 0
+    df["eng_pos"] = np.where(is_eng, np.cumsum(is_eng) - 1, -1).astype(np.int64)
+    return df
+
+
+def split_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(engagements, targets) in the column layout of :mod:`microparade.history`."""
+    eng = df.loc[df["eng_mask"].to_numpy() > 0, ["user", "eng_time", "tweet", "split", "row_id"]]
+    eng = eng.rename(columns={"eng_time": "time"}).reset_index(drop=True)
+    return eng, df[["user", "time", "tweet", "split", "row_id"]]
+
+
+def _slot_columns(size: int) -> list[str]:
+    return [f"w{k}" for k in range(size)]
+
+
+def windows_frame(frame: pd.DataFrame, size: int, window: str, python: bool) -> pd.DataFrame:
+    """Windows of the rows of ``frame`` (complete users), as global engagement positions.
+
+    Runs on Dask workers: once per user group (``python=True``, the original groupby-apply) or
+    once per user partition (``python=False``, vectorised).
+    """
+    eng, targets = split_frame(frame)
+    select = select_windows_python if python else select_windows
+    win = select(eng, targets, size, window)
+    eng_pos = frame["eng_pos"].to_numpy()[frame["eng_mask"].to_numpy() > 0]
+    glob = np.where(win >= 0, eng_pos[np.maximum(win, 0)], -1) if len(eng_pos) else win
+    out = pd.DataFrame(glob, columns=_slot_columns(size))
+    out.insert(0, "pos", frame["pos"].to_numpy())
+    return out
+
+
+def per_user_python(group: pd.DataFrame, size: int, window: str) -> pd.DataFrame:
+    """``groupby("user").apply`` body: pandas hands over the group without its key column."""
+    return windows_frame(group.assign(user=group.name), size, window, python=True)
+
+
+def time_history(df: pd.DataFrame, cfg: Config, repeat: int, python_max_rows: int | None, seed: int) -> dict:
+    """Vectorised vs per-row Python window selection in this process, on the same frames."""
+    size, window = cfg.history.size, cfg.history.window
+    eng, targets = split_frame(df)
+    vec_times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        vec = select_windows(eng, targets, size, window)
+        vec_times.append(time.perf_counter() - started)
+    out: dict[str, Any] = {
+        "rows": len(df),
+        "engagements": len(eng),
+        "users": int(df["user"].nunique()),
+        "vectorised_s": statistics.median(vec_times),
+        "vectorised_runs_s": vec_times,
+        "mean_valid_slots": float((vec >= 0).sum(axis=1).mean()),
+    }
+    if python_max_rows is None or len(df) <= python_max_rows:
+        started = time.perf_counter()
+        ref = select_windows_python(eng, targets, size, window)
+        out["python_s"] = time.perf_counter() - started
+        out["python_extrapolated"] = False
+        if not np.array_equal(ref, vec):
+            bad = np.nonzero((ref != vec).any(axis=1))[0]
+            raise AssertionError(f"per-row Python and vectorised windows differ on {len(bad)} rows, e.g. {bad[:5]}")
+    else:
+        # A random subset of users (their complete rows: windows never cross users), timed and
+        # extrapolated linearly per target row; checked against the vectorised run on the subset.
+        users = df["user"].unique()
+        rng = np.random.default_rng(seed)
+        take = rng.permutation(len(users))[: max(1, math.ceil(len(users) * python_max_rows / len(df)))]
+        sub = df[df["user"].isin(users[take])].reset_index(drop=True)
+        s_eng, s_targets = split_frame(sub)
+        started = time.perf_counter()
+        ref = select_windows_python(s_eng, s_targets, size, window)
+        seconds = time.perf_counter() - started
+        if not np.array_equal(ref, select_windows(s_eng, s_targets, size, window)):
+            raise AssertionError("per-row Python and vectorised windows differ on the user subset")
+        out["python_s"] = seconds * len(df) / len(sub)
+        out["python_extrapolated"] = True
+        out["python_measured_rows"] = len(sub)
+        out["python_measured_s"] = seconds
+    out["ratio"] = out["python_s"] / out["vectorised_s"]
+    out["_windows"] = vec
+    return out
+
+
+def time_history_dask(df: pd.DataFrame, expected: np.ndarray, cfg: Config, apply_max_rows: int | None) -> dict:
+    """The same selection on a local Dask cluster of the config's shape, three ways.
+
+    - ``vectorised_s``: ``shuffle(on="user")`` + ``map_partitions`` of :func:`select_windows`;
+    - ``python_s``: the same shuffle + ``map_partitions`` of :func:`select_windows_python`, i.e. a
+      pandas ``groupby("user").apply`` with per-row Python inside each user partition. This is what
+      Dask's ``groupby("user").apply(f)`` executes (a shuffle on the key, then pandas
+      ``groupby.apply`` per partition), with the per-row loop of the reference implementation as
+      ``f``: the original approach without extra per-call overhead;
+    - ``python_apply_s`` (up to ``apply_max_rows`` rows): the literal
+      ``ddf.groupby("user").apply(per_user_python)``, one call of the reference per user, so it
+      also pays pandas' fixed cost of each call (frame slicing, sorting, grouping) once per user.
+
+    The frame is scattered to the workers first, in the text stage's number of user partitions
+    (``ceil(rows / text.partition_rows)``) but at least one per worker thread so that every
+    variant can use the whole cluster; every timing then covers the shuffle by user, the selection
+    and collecting the windows, nothing else. Every result must equal ``expected``.
+    """
+    import dask.dataframe as dd
+
+    size, window = cfg.history.size, cfg.history.window
+    threads = cfg.cluster.n_workers * cfg.cluster.threads_per_worker
+    nparts = max(threads, math.ceil(len(df) / cfg.text.partition_rows))
+    meta = pd.DataFrame({c: pd.Series(dtype="int64") for c in ["pos", *_slot_columns(size)]})
+    out: dict[str, Any] = {"partitions": nparts}
+    with dask_client(cfg) as client:
+        bounds = np.linspace(0, len(df), nparts + 1).astype(int)
+        pieces = client.scatter([df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        ddf = dd.from_delayed(pieces, meta=df.head(0), verify_meta=False)
+        plans = {
+            "vectorised_s": ddf.shuffle(on="user", npartitions=nparts).map_partitions(
+                windows_frame, size, window, False, meta=meta
+            ),
+            "python_s": ddf.shuffle(on="user", npartitions=nparts).map_partitions(
+                windows_frame, size, window, True, meta=meta
+            ),
+        }
+        if apply_max_rows is None or len(df) <= apply_max_rows:
+            plans["python_apply_s"] = ddf.groupby("user").apply(per_user_python, size, window, meta=meta)
+        for key, plan in plans.items():
+            started = time.perf_counter()
+            got = plan.compute()
+            out[key] = time.perf_counter() - started
+            got = got.sort_values("pos")
+            if not np.array_equal(got["pos"].to_numpy(), np.arange(len(df))):
+                raise AssertionError(f"Dask {key}: {len(got)} window rows for {len(df)} targets")
+            if not np.array_equal(got[_slot_columns(size)].to_numpy(), expected):
+                raise AssertionError(f"Dask {key}: windows differ from the in-process vectorised ones")
+    out["ratio"] = out["python_s"] / out["vectorised_s"]
+    if "python_apply_s" in out:
+        out["apply_ratio"] = out["python_apply_s"] / out["vectorised_s"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# driver and output
+# --------------------------------------------------------------------------------------------
+def benchmark_size(size: int, work: Path, args, sampler: WorkerMemorySampler) -> SizeResult:
+    res = SizeResult(size)
+    raw_dir, run_dir = work / f"raw-{size}", work / f"run-{size}"
+    print(f"\n== {size:,} rows ==", flush=True)
+    res.generate_s = generate(raw_dir, size, args.seed)
+    print(f"generated in {res.generate_s:.1f}s", flush=True)
+    cfg = make_config(run_dir, raw_dir, args.override)
+    run_stages(res, cfg, sampler)
+    print(
+        f"ingest {res.stage_s['ingest']:.1f}s, text {res.stage_s['text']:.1f}s, features "
+        f"{res.stage_s['features']:.1f}s, chunks {res.stage_s['chunks']:.1f}s -> text+features+chunks "
+        f"{res.rows_per_s:,.0f} rows/s; peak worker RSS {max(res.run_peak_mb):.0f} MB "
+        f"(load {res.load['mean']:.1f})",
+        flush=True,
+    )
+    df = history_frame(cfg)
+    res.history = time_history(df, cfg, args.repeat, args.python_max_rows, args.seed)
+    h = res.history
+    label = " (extrapolated)" if h["python_extrapolated"] else ""
+    print(
+        f"history {cfg.history.window} H={cfg.history.size}: vectorised {h['vectorised_s']:.2f}s, "
+        f"per-row Python {h['python_s']:.1f}s{label} -> {h['ratio']:.1f}x (identical windows)",
+        flush=True,
+    )
+    if not args.no_dask:
+        res.dask = d = time_history_dask(df, h["_windows"], cfg, args.dask_apply_max_rows)
+        literal = (
+            f", literal groupby-apply per user {d['python_apply_s']:.1f}s -> {d['apply_ratio']:.1f}x"
+            if "python_apply_s" in d
+            else ""
+        )
+        print(
+            f"history on Dask: shuffle + vectorised {d['vectorised_s']:.1f}s, shuffle + groupby-apply per-row "
+            f"Python {d['python_s']:.1f}s -> {d['ratio']:.1f}x{literal} (identical windows)",
+            flush=True,
+        )
+    del h["_windows"]
+    return res
+
+
+def _fmt_pair(values: list[float]) -> str:
+    return " / ".join(f"{v:.0f}" for v in values) if values else "-"
+
+
+def _command(argv: list[str]) -> str:
+    return " ".join(["python benchmarks/preprocess.py", *map(shlex.quote, argv)])
+
+
+def render(results: list[SizeResult], meta: dict[str, Any]) -> str:
+    """The Markdown report (also printed): setup, the three tables and the explicit ratios."""
+    m = meta["machine"]
+    cfg: Config = meta["cfg"]
+    c = cfg.cluster
+    lines = [
+        f"Measured {meta['date']} on {m['nproc']} CPU(s) ({m['cpu_model']}), {m['ram_gib']:.0f} GiB RAM, "
+        f"Python {m['python']}; local Dask cluster {c.n_workers} worker(s) x {c.threads_per_worker} "
+        f"thread(s), {c.memory_limit} each. Load average (1/5/15 min) at the start "
+        + "/".join(f"{v:.1f}" for v in meta["load_before"])
+        + f"; 1-minute load during the run {meta['load']['min']:.1f}–{meta['load']['max']:.1f} (mean "
+        f"{meta['load']['mean']:.1f}; the benchmark's own 2 workers + client account for up to ~3 of it). "
+        f"Command: `{meta['command']}`. Data: `generate_dataset(rows=N, seed={meta['seed']})` "
+        f"(users = max(200, N/25)); history window `{cfg.history.window}`, H={cfg.history.size}.",
+        "",
+        "| size | rows | ingest s | text s | features s | chunks s | text+features+chunks rows/s "
+        "| peak worker MB | vectorised history s | per-row Python history s | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        h = r.history
+        py = f"{h['python_s']:.1f}" + (" (extrapolated)" if h["python_extrapolated"] else "")
+        lines.append(
+            f"| {r.size:,} | {r.rows:,} | {r.stage_s['ingest']:.1f} | {r.stage_s['text']:.1f} "
+            f"| {r.stage_s['features']:.1f} | {r.stage_s['chunks']:.1f} | {r.rows_per_s:,.0f} "
+            f"| {max(r.run_peak_mb):.0f} | {h['vectorised_s']:.2f} | {py} | {h['ratio']:.1f}x |"
+        )
+    lines += [
+        "",
+        "Stage times are the manifests' `duration_s`; ingest also pays for starting the cluster "
+        "(workers up after the time shown below). History times are in one process on the same "
+        f"frames, vectorised = median of {meta['repeat']} run(s), and both produce identical windows "
+        "(asserted).",
+        "",
+        "Worker memory (RSS sampled every "
+        f"{meta['interval']:.2f} s from the worker processes, MB, one value per worker; VmHWM = the "
+        "kernel's peak-RSS high-water mark over the whole run):",
+        "",
+        "| size | ingest parts (largest, rows) | ingest | text | features | chunks | whole run "
+        "| VmHWM | client process | cluster start s | load avg (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        start = f"{r.cluster_start_s:.1f}" if r.cluster_start_s is not None else "-"
+        lines.append(
+            f"| {r.size:,} | {r.parts} ({r.largest_part_rows:,}) | "
+            + " | ".join(_fmt_pair(r.worker_peak_mb.get(s, [])) for s in PIPELINE)
+            + f" | {_fmt_pair(r.run_peak_mb)} | {_fmt_pair(r.hwm_mb)} | {r.client_peak_mb:.0f} | {start} "
+            f"| {r.load['mean']:.1f} |"
+        )
+    with_dask = [r for r in results if r.dask]
+    if with_dask:
+        lines += [
+            "",
+            "History selection on the local Dask cluster, from a frame scattered to the workers in "
+            "`max(worker threads, ceil(rows / text.partition_rows))` partitions; every variant includes the shuffle by user "
+            "and collecting the windows, and equals the in-process result (asserted). *vectorised*: "
+            "`shuffle(on=\"user\")` + `map_partitions(select_windows)`. *groupby-apply, per-row Python*: "
+            "the same shuffle + `map_partitions(select_windows_python)`, i.e. a pandas "
+            "`groupby(\"user\").apply` with a Python loop per row inside each partition — what Dask's "
+            "`groupby(\"user\").apply(f)` executes, the original approach. *literal per-user apply*: "
+            "`ddf.groupby(\"user\").apply(f)` with `f` = `select_windows_python` on one user's rows, which "
+            "adds pandas' fixed cost per call (slicing, sorting, grouping) once per user.",
+            "",
+            "| size | rows | user partitions | vectorised s | groupby-apply, per-row Python s | ratio "
+            "| literal per-user apply s | ratio |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in with_dask:
+            d = r.dask
+            literal = (
+                f"{d['python_apply_s']:.1f} | {d['apply_ratio']:.1f}x" if "python_apply_s" in d else "not run | -"
+            )
+            lines.append(
+                f"| {r.size:,} | {r.rows:,} | {d['partitions']} | {d['vectorised_s']:.1f} "
+                f"| {d['python_s']:.1f} | {d['ratio']:.1f}x | {literal} |"
+            )
+    lines += ["", *summary_lines(results)]
+    return "\n".join(lines)
+
+
+def summary_lines(results: list[SizeResult]) -> list[str]:
+    """The explicit ratios and the memory check, one bullet each."""
+    out = []
+    for r in results:
+        h = r.history
+        label = ", per-row Python extrapolated" if h["python_extrapolated"] else ""
+        out.append(
+            f"- {r.rows:,} rows: vectorised history selection is **{h['ratio']:.1f}x** faster than per-row "
+            f"Python ({h['vectorised_s']:.2f} s vs {h['python_s']:.1f} s{label})"
+            + (
+                f"; on Dask **{r.dask['ratio']:.1f}x** ({r.dask['vectorised_s']:.1f} s vs "
+                f"{r.dask['python_s']:.1f} s)"
+                + (f", **{r.dask['apply_ratio']:.1f}x** against the literal per-user apply" if "apply_ratio" in r.dask else "")
+                if r.dask
+                else ""
+            )
+            + "."
+        )
+    largest = max(results, key=lambda r: r.rows)
+    target = "meets" if largest.history["ratio"] >= 20 else "misses"
+    out.append(f"- Target ≥ 20x at the largest size ({largest.rows:,} rows): {target} it ({largest.history['ratio']:.1f}x).")
+    if len(results) > 1:
+        peaks = [max(r.run_peak_mb) for r in results]
+        out.append(
+            "- Peak worker RSS " + " / ".join(f"{p:.0f}" for p in peaks) + " MB at "
+            + " / ".join(f"{r.rows:,}" for r in results)
+            + f" rows: x{max(peaks) / min(peaks):.2f} from smallest to largest peak for x"
+            f"{largest.rows / min(r.rows for r in results):.0f} the data (largest ingest part "
+            + " / ".join(f"{r.largest_part_rows:,}" for r in results)
+            + " rows)."
+        )
+    return out
+
+
+def update_doc(text_block: str) -> None:
+    """Replace (or append) this benchmark's section of docs/benchmarks.md, leaving others alone."""
+    text = DOC.read_text() if DOC.exists() else DOC_INTRO
+    block = f"{SECTION}\n\n{text_block}\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block + "\n", text).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="generated rows per run")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: one size of {QUICK_SIZE:,} rows")
+    ap.add_argument("--seed", type=int, default=0, help="generate_dataset seed (and of the user subset)")
+    ap.add_argument("--workers", type=int, help="Dask workers (default: cluster.n_workers = 2)")
+    ap.add_argument("--threads", type=int, help="threads per worker (default: cluster.threads_per_worker = 1)")
+    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the vectorised selection (median reported)")
+    ap.add_argument(
+        "--python-max-rows",
+        type=int,
+        help="above this many rows time per-row Python on a random user subset of about this size and "
+        "extrapolate (default: always measure fully)",
+    )
+    ap.add_argument("--no-dask", action="store_true", help="skip the history comparison on Dask")
+    ap.add_argument(
+        "--dask-apply-max-rows",
+        type=int,
+        default=100_000,
+        help="run the literal per-user ddf.groupby().apply() only up to this many rows (default 100000; "
+        "it pays pandas' per-call overhead once per user)",
+    )
+    ap.add_argument("--interval", type=float, default=0.1, help="memory sampling interval, seconds")
+    ap.add_argument("--workdir", help="keep generated data and run dirs here (reused raw data); default: a temp dir")
+    ap.add_argument("--json", help="also write the results as JSON to this file")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the pipeline's progress log")
+    ap.add_argument("--write-docs", action="store_true", help=f"record the results in {DOC.relative_to(ROOT)}")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeat = [QUICK_SIZE], 1
+    if args.workers is not None:
+        args.override.append(f"cluster.n_workers={args.workers}")
+    if args.threads is not None:
+        args.override.append(f"cluster.threads_per_worker={args.threads}")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+
+    # The runner logs progress on the "microparade" logger; distributed's p2p shuffle warns on every
+    # shuffle it starts and stops, which says nothing about the benchmark.
+    if args.verbose:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logging.getLogger("microparade").addHandler(handler)
+        logging.getLogger("microparade").setLevel(logging.INFO)
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
+    # Validate the overrides before anything runs (the run and raw dirs are set per size).
+    cfg = make_config(Path("run"), Path("raw"), args.override)
+    machine = machine_info()
+    print(
+        f"machine: {machine['nproc']} CPU(s), {machine['cpu_model']}, {machine['ram_gib']:.1f} GiB RAM; "
+        f"load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    load_before = os.getloadavg()
+    sampler = WorkerMemorySampler(args.interval)
+    sampler.start()
+    started = time.time()
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="mp-preprocess-bench-") as tmp:
+            work = Path(args.workdir) if args.workdir else Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            for size in sorted(args.sizes):
+                results.append(benchmark_size(size, work, args, sampler))
+    finally:
+        sampler.stop()
+    meta = {
+        "machine": machine,
+        "cfg": cfg,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_before": load_before,
+        "load": sampler.load_stats(started, time.time()),
+        "command": _command(argv),
+        "seed": args.seed,
+        "repeat": args.repeat,
+        "interval": args.interval,
+    }
+    report = render(results, meta)
+    print()
+    print(report)
+    if args.json:
+        payload = {k: v for k, v in meta.items() if k != "cfg"}
+        payload["results"] = [r.__dict__ for r in results]
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
+    if args.write_docs:
+        update_doc(report)
+        print(f"\nwrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""train and evaluate stages, checkpoints and preemption, backends (CPU; CUDA where present)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+import _train_helpers as h
+from microparade.backends import BackendError, dist_env, first_host, make_backend
+from microparade.loader import ChunkLoader, LoaderState
+from microparade.metrics import compute_metrics
+from microparade.recsys import TARGETS
+from microparade.runner import run_pipeline
+
+#: Small, fast, deterministic training (tiny encoder, one thread).
+TRAIN = {
+    "model.encoder": "tiny",
+    "model.dropout": 0.1,
+    "train.batch_size": 8,
+    "train.lr": 0.001,
+    "train.warmup_steps": 3,
+    "train.log_every": 2,
+    "train.checkpoint_every": 1000,
+    "train.num_threads": 1,
+    "train.seed": 5,
+}
+SPLITS = {"train": [40, 33, 25], "valid": [30], "test": [12]}
+
+
+@pytest.fixture
+def stages(monkeypatch):
+    """The pipeline = the test chunks stage + the real train and evaluate stages."""
+    import microparade.stages as st
+
+    keep = [s for s in st.STAGES if s.name in ("train", "evaluate")]
+    monkeypatch.setattr(st, "STAGES", (h.chunks_spec(), *keep))
+
+
+def _publish(run_dir: Path, splits=SPLITS, **kw) -> dict:
+    return h.publish_chunks(str(run_dir), splits, history_size=4, n_features=5, **kw)
+
+
+def _run(run_dir: Path, overrides: dict, only: str = "train", force: bool = False) -> None:
+    cfg = h.make_config(str(run_dir), {**TRAIN, **overrides})
+    run_pipeline(cfg, only=only, force=force)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "train" / "model.pt", weights_only=True)["state_dict"]
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "examples_per_s"} for r in records]
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------
+def test_train_outputs_and_determinism(tmp_path, stages):
+    run = tmp_path / "run"
+    _publish(run)
+    _run(run, {"train.epochs": 2})
+    manifest = json.loads((run / "train" / "_MANIFEST.json").read_text())
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"model.pt", "metrics.jsonl"} <= paths and any(p.startswith("tb/events.out.tfevents") for p in paths)
+    extra = manifest["extra"]
+    # 98 rows per epoch, batch 8: 13 steps per epoch (the last of 2 rows), 2 epochs
+    assert extra["steps"] == 26 and extra["examples"] == 196
+    assert extra["backend"] == "cpu" and extra["world_size"] == 1
+    assert 0.85 < extra["data_efficiency"] <= 1.0
+    records = _metrics(run)
+    assert [r["step"] for r in records] == list(range(2, 27, 2))
+    assert records[-1]["examples"] == 196 and records[-1]["epoch"] == 1
+    assert set(records[0]) == {
+        "step", "epoch", "examples", "loss", "loss_like", "loss_retweet", "loss_reply", "loss_quote",
+        "lr", "examples_per_s", "data_efficiency",
+    }
+    for r in records:
+        assert r["loss"] == pytest.approx(np.mean([r[f"loss_{t}"] for t in TARGETS]))
+    # warm-up: lr of step s is lr * s / 3 for s <= 3 (record at step 2 = the lr used in step 2)
+    assert records[0]["lr"] == pytest.approx(0.001 * 2 / 3) and records[1]["lr"] == pytest.approx(0.001)
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert extra["final_loss"] == records[-1]["loss"]
+    # the model file rebuilds the network
+    bundle = torch.load(run / "train" / "model.pt", weights_only=True)
+    assert bundle["history_size"] == 4 and bundle["feature_names"] == [f"f{i}" for i in range(5)]
+    # the same config again: bit-identical weights and losses
+    first = (run / "train" / "model.pt").read_bytes()
+    _run(run, {"train.epochs": 2}, force=True)
+    assert (run / "train" / "model.pt").read_bytes() == first
+    assert _without_timing(_metrics(run)) == _without_timing(records)
+
+
+def test_naive_encoding_trains(tmp_path, stages):
+    run = tmp_path / "run"
+    _publish(run, {"train": [24]})
+    _run(run, {"train.max_steps": 2, "train.encoding": "efficient"})
+    eff = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
+    _run(run, {"train.max_steps": 2, "train.encoding": "naive"})
+    naive = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
+    assert naive["encoding"] == "naive" and naive["steps"] == 2
+    # 30% of 4 history slots valid: the naive way encodes 5 full-length slots per example
+    assert naive["data_efficiency"] < 0.3 < 0.85 < eff["data_efficiency"]
+    assert abs(naive["final_loss"] - eff["final_loss"]) < 0.1
+
+
+def test_checkpoints_keep_two_and_ignore_other_fingerprints(tmp_path, stages, caplog):
+    run = tmp_path / "run"
+    _publish(run)
+    keep = {"runner.keep_work": True, "train.checkpoint_every": 2, "train.max_steps": 7}
+    _run(run, keep)
+    ckpt_dir = run / "train" / "_work" / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["ckpt-000000004.pt", "ckpt-000000006.pt"]
+    ckpt = torch.load(ckpt_dir / "ckpt-000000006.pt", weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["loader_state"]["epoch"] == 0 and len(ckpt["records"]) == 3
+    reference = _state(run)
+    # Same fingerprint: a forced rerun resumes at step 6 and ends with the same weights.
+    caplog.set_level("INFO", logger="microparade")
+    _run(run, keep, force=True)
+    assert "resumed from checkpoint ckpt-000000006.pt" in caplog.text
+    assert all(torch.equal(v, _state(run)[k]) for k, v in reference.items())
+    # Another config (lr): the checkpoints are not used.
+    caplog.clear()
+    _run(run, {**keep, "train.lr": 0.002})
+    assert "ignoring checkpoint ckpt-000000006.pt: made for another fingerprint" in caplog.text
+    assert "resumed from" not in caplog.text
+    assert [r["step"] for r in _metrics(run)] == [2, 4, 6, 7]
+
+
+def _write_yaml(path: Path, run_dir: Path, overrides: dict) -> Path:
+    data: dict = {"run_dir": str(run_dir)}
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_sigusr2_checkpoint_and_exact_resume(tmp_path, stages):
+    """Preempt a CLI run with SIGUSR2 mid-epoch, rerun it: same weights and metrics as no preemption."""
+    settings = {**TRAIN, "train.epochs": 2, "runner.keep_work": True}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _publish(ref)
+    _publish(run)
+    t0 = time.time()
+    cfg_path = _write_yaml(tmp_path / "cfg.yaml", run, settings)
+    proc = subprocess.Popen(
+        h.cli_command(str(cfg_path), "--only", "train"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=h.subprocess_env(),
+    )
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "step 4/26" in line:
+            proc.send_signal(signal.SIGUSR2)
+            break
+    _, err = proc.communicate(timeout=300)
+    log = "".join(lines) + err
+    assert proc.returncode == 124, log
+    ckpts = sorted((run / "train" / "_work" / "checkpoints").iterdir())
+    assert len(ckpts) == 1
+    ckpt = torch.load(ckpts[0], weights_only=True)
+    stopped_at = ckpt["step"]
+    assert 4 <= stopped_at < 26 and ckpt["loader_state"]["offset"] > 0  # mid-chunk, mid-epoch
+    assert not (run / "train" / "_MANIFEST.json").exists()
+    assert (run / "train" / "_INCOMPLETE.json").exists()
+    t_interrupted = time.time() - t0
+
+    done = subprocess.run(
+        h.cli_command(str(cfg_path), "--only", "train"), capture_output=True, text=True, env=h.subprocess_env(), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"resumed from checkpoint ckpt-{stopped_at:09d}.pt" in done.stderr
+
+    _run(ref, settings)
+    got, want = _state(run), _state(ref)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert _without_timing(_metrics(run)) == _without_timing(_metrics(ref))
+    m_run = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
+    m_ref = json.loads((ref / "train" / "_MANIFEST.json").read_text())["extra"]
+    assert m_run["examples"] == m_ref["examples"] == 196 and m_run["steps"] == 26
+
+    # The loader position saved at preemption splits the epoch exactly: the examples trained before
+    # it plus those read after it are the uninterrupted sequence, nothing skipped or repeated.
+    state = LoaderState.from_dict(ckpt["loader_state"])
+    with ChunkLoader.from_run_dir(str(run), "train", batch_size=8, seed=5) as lo:
+        full = [int(r) for b in lo.epoch(state.epoch) for r in b.examples.row_id]
+        before = []
+        for b in lo.epoch(state.epoch):
+            before.extend(int(r) for r in b.examples.row_id)
+            if b.state == state:
+                break
+        after = [int(r) for b in lo.epoch(state.epoch, state) for r in b.examples.row_id]
+    assert len(before) == stopped_at * 8
+    assert before + after == full and sorted(full) == list(range(98))
+    print(f"interrupted run {t_interrupted:.1f}s, stopped at step {stopped_at}")
+
+
+def test_stop_flag_catches_sigusr2_and_sigterm():
+    from microparade.stages.train import StopFlag
+
+    before = signal.getsignal(signal.SIGTERM)
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        flag = StopFlag()
+        assert flag.install() and not flag
+        os.kill(os.getpid(), sig)
+        time.sleep(0.05)
+        assert flag and flag.signal == sig.name
+        flag.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_train_with_minilm(tmp_path, stages):
+    run = tmp_path / "run"
+    _publish(run, {"train": [16]})
+    _run(run, {"model.encoder": "minilm", "train.max_steps": 2, "train.batch_size": 4, "train.lr": 1e-4})
+    extra = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
+    assert extra["steps"] == 2 and extra["parameters"] > 22_000_000
+    bundle = torch.load(run / "train" / "model.pt", weights_only=True)
+    assert bundle["encoder_config"]["hidden_size"] == 384
+    from safetensors.torch import load_file
+
+    from microparade.resources import minilm_path
+
+    disk = load_file(str(minilm_path() / "model.safetensors"))
+    trained = bundle["state_dict"]["encoder.encoder.layer.0.attention.self.query.weight"]
+    original = disk["encoder.layer.0.attention.self.query.weight"]
+    assert not torch.equal(trained, original)  # fine-tuned end to end
+    assert (trained - original).abs().max() < 0.01
+    assert np.isfinite(_metrics(run)[-1]["loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------
+def test_evaluate_predictions_and_metrics(tmp_path, stages):
+    run = tmp_path / "run"
+    _publish(run, {"train": [30], "valid": [25, 20], "test": [12]})
+    _run(run, {"train.max_steps": 3, "evaluate.splits": ["train", "valid", "test"]}, only=None)
+    ev = run / "evaluate"
+    manifest = json.loads((ev / "_MANIFEST.json").read_text())
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert set(metrics) == {"train", "valid"}  # test is unlabelled
+    assert manifest["extra"] == metrics
+    for split, n in (("train", 30), ("valid", 45), ("test", 12)):
+        t = pq.read_table(ev / "predictions" / f"{split}.parquet")
+        assert t.column_names == ["row_id", "tweet_id", "b_user_id", *TARGETS]
+        rows = t.column("row_id").to_pylist()
+        assert rows == sorted(rows) and len(rows) == n
+        probs = np.stack([t.column(c).to_numpy() for c in TARGETS], 1)
+        assert ((probs > 0) & (probs < 1)).all()
+        if split == "test":
+            continue
+        chunks = pq.read_table(sorted((run / "chunks" / split).glob("*.parquet"))).sort_by("row_id")
+        assert chunks.column("row_id").to_pylist() == rows
+        assert chunks.column("tweet_id").to_pylist() == t.column("tweet_id").to_pylist()
+        labels = np.stack([chunks.column(c).to_numpy() for c in TARGETS], 1)
+        expected = compute_metrics(labels, probs.astype(np.float64), chunks.column("a_follower_count").to_numpy())
+        assert metrics[split] == json.loads(json.dumps(expected))
+        assert metrics[split]["rows"] == n
+    # an absent split is skipped, not an error
+    _run(run, {"train.max_steps": 3, "evaluate.splits": ["valid"]}, only="evaluate")
+    files = json.loads((ev / "_MANIFEST.json").read_text())["files"]
+    assert sorted(f["path"] for f in files) == ["metrics.json", "predictions/valid.parquet"]
+    assert set(json.loads((ev / "metrics.json").read_text())) == {"valid"}
+
+
+# ----------------------------------------------------------------------------------------------
+# backends
+# ----------------------------------------------------------------------------------------------
+def test_dist_env_from_torchrun_and_slurm():
+    assert dist_env({}).world_size == 1
+    e = dist_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
+    assert (e.rank, e.world_size, e.local_rank, e.master_addr, e.master_port, e.source) == (3, 8, 1, "n1", 1234, "torchrun")
+    slurm = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_STEP_ID": "0",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[07-08,11]",
+        "SLURM_JOB_ID": "123456",
+    }
+    e = dist_env(slurm)
+    assert (e.rank, e.world_size, e.local_rank, e.master_addr, e.master_port, e.source) == (5, 8, 1, "gpu07", 20000 + 123456 % 20000, "slurm")
+    # the batch script of a multi-task job is one process, not rank 0 of N
+    batch = {k: v for k, v in slurm.items() if k not in ("SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS")}
+    batch["SLURM_PROCID"] = "0"
+    assert dist_env(batch).world_size == 1
+    assert first_host("node1") == "node1" and first_host("a[1-3],b2") == "a1" and first_host("x-y[003,5]") == "x-y003"
+
+
+def test_backend_errors_and_cpu():
+    with pytest.raises(BackendError, match="xla is not in this version"):
+        make_backend("xla")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA device"):
+            make_backend("cuda")
+    b = make_backend("cpu", environ={}).setup()
+    assert b.is_main and not b.distributed and b.all_reduce_values([1.5, 2.0]) == [1.5, 2.0]
+    model = torch.nn.Linear(2, 2)
+    assert b.wrap(model) is model
+
+
+def test_ddp_on_cpu_with_torchrun(tmp_path, stages):
+    """Two processes (gloo): rank shards, gradient all-reduce, only rank 0 publishes."""
+    run = tmp_path / "run"
+    _publish(run, {"train": [40, 24]})
+    cfg_path = _write_yaml(tmp_path / "cfg.yaml", run, {**TRAIN, "train.max_steps": 3})
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, %r)\nimport _train_helpers as h\nh.patch_stages()\n"
+        "from microparade.cli import main\nsys.exit(main(sys.argv[1:]))\n" % str(h.TESTS_DIR)
+    )
+    env = h.subprocess_env()
+    proc = subprocess.run(
+        [h.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+         str(script), "run", str(cfg_path), "--only", "train"],
+        capture_output=True, text=True, env=env, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    extra = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
+    assert extra["world_size"] == 2 and extra["steps"] == 3 and extra["examples"] == 2 * 3 * 8
+    assert "rank 0 of 2 via torchrun" in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_on_cuda(tmp_path, stages):
+    run = tmp_path / "run"
+    _publish(run, {"train": [40]})
+    _run(run, {"train.backend": "cuda", "train.max_steps": 4, "train.checkpoint_every": 2, "evaluate.backend": "cuda"})
+    extra = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
+    assert extra["backend"] == "cuda" and extra["steps"] == 4
+    assert np.isfinite(_metrics(run)[-1]["loss"])
