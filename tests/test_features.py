@@ -8,6 +8,7 @@ here, and the last test runs ``microparade run`` on generated data.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dask
 import dask.dataframe as dd
@@ -299,8 +300,7 @@ def test_difference_lag_hand_built_sequence_shuffled_input():
 def test_feature_list_is_fixed_and_documented():
     names = F.feature_names()
     assert len(names) == len(set(names)) == 57
-    doc = (F.__file__.rsplit("/src/", 1)[0] + "/docs/features.md")
-    text = open(doc).read()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
     for name in names:
         assert f"`{name}`" in text, f"{name} is not documented in docs/features.md"
 
