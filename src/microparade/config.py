@@ -33,8 +33,11 @@ class Section(BaseModel):
 class RawData(Section):
     """Raw RecSys 2021 files per split: a URL, a glob, a directory, or a list of those."""
 
+    #: Training split: files, globs or directories (24 fields per line).
     train: list[str] = Field(default_factory=list)
+    #: Validation split (24 fields; histories are filled from train + valid).
     valid: list[str] = Field(default_factory=list)
+    #: Test split (20 fields without labels, or 24).
     test: list[str] = Field(default_factory=list)
 
     @field_validator("train", "valid", "test", mode="before")
@@ -50,18 +53,28 @@ class RawData(Section):
 class GenerateConfig(Section):
     """Synthetic RecSys 2021 data written by the ``generate`` stage (see docs/synthetic-data.md)."""
 
+    #: Total rows over the three splits.
     rows: int = Field(200_000, ge=100)
+    #: Distinct users (readers and authors); null = max(200, rows // 25).
     users: int | None = Field(None, ge=10)
+    #: Seed of every random choice: same seed, byte-identical files.
     seed: int = 0
+    #: Tokenizer rendering the topic vocabularies; null = ``data.tokenizer``.
     tokenizer: str | None = None
+    #: Share of rows in the validation split (first part of week 4).
     valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    #: Share of rows in the test split (last part of week 4).
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    #: Rows per raw file ``part-NNNNN``.
     rows_per_file: int = Field(250_000, ge=1000)
+    #: Compress raw files (``.gz``, ``.bz2``, ``.zst``); null = plain text.
     compression: Literal["gzip", "bz2", "zstd"] | None = None
+    #: Number of latent topics (disjoint vocabularies) behind the text signal.
     topics: int = Field(48, ge=2)
 
 
 class DataConfig(Section):
+    #: Raw input files per split (when not generated).
     raw: RawData = Field(default_factory=RawData)
     #: When set, the ``generate`` stage writes synthetic raw files under ``{run_dir}/generate/`` and
     #: they become ``data.raw`` (which must then be empty).
@@ -83,46 +96,71 @@ class DataConfig(Section):
 class JobqueueConfig(Section):
     """dask-jobqueue ``SLURMCluster``: Dask workers as separate Slurm jobs."""
 
+    #: Worker jobs to submit.
     jobs: int = Field(2, ge=1)
+    #: Cores per worker job.
     cores: int = Field(4, ge=1)
+    #: Dask worker processes per job.
     processes: int = Field(1, ge=1)
+    #: Memory per worker job.
     memory: str = "8GiB"
+    #: Time limit of each worker job.
     walltime: str = "01:00:00"
+    #: Slurm partition of the worker jobs.
     queue: str | None = None
+    #: Slurm account of the worker jobs.
     account: str | None = None
+    #: Network interface of the workers (e.g. ``ib0``).
     interface: str | None = None
+    #: Address the scheduler listens on (``127.0.0.1`` for a single host).
     scheduler_host: str | None = None
+    #: Worker scratch directory (node-local disk).
     local_directory: str | None = None
+    #: Extra ``#SBATCH`` lines, e.g. ``--qos=high``.
     job_extra_directives: list[str] = Field(default_factory=list)
+    #: Shell lines run before the worker starts (``module load``...).
     job_script_prologue: list[str] = Field(default_factory=list)
+    #: Where worker job logs go.
     log_directory: str | None = None
+    #: Python on the worker nodes (default: this one).
     python: str | None = None
+    #: Fail when the workers have not connected after this many seconds.
     wait_timeout_s: float = Field(300, gt=0)
 
 
 class ClusterConfig(Section):
     """Where the Dask stages (ingest, text, features, chunks) compute."""
 
+    #: ``local`` (LocalCluster), ``jobqueue`` (workers as Slurm jobs) or ``scheduler_file`` (attach to workers started in this allocation).
     kind: Literal["local", "jobqueue", "scheduler_file"] = "local"
+    #: Local cluster: worker processes.
     n_workers: int = Field(2, ge=1)
+    #: Local cluster: threads per worker.
     threads_per_worker: int = Field(1, ge=1)
+    #: Memory limit per worker (local cluster and dask-cluster.sh workers).
     memory_limit: str = "4GiB"
     #: Worker processes (True) or threads in the client process (False); memory:// run dirs force
     #: threads because worker processes cannot see the client's in-memory filesystem.
     processes: bool = True
+    #: Start the Dask dashboard (its link is logged).
     dashboard: bool = True
+    #: Scheduler file to attach to (``scheduler_file`` kind; slurm/dask-cluster.sh sets it).
     scheduler_file: str | None = None
     #: Wait for this many workers before computing (scheduler_file / jobqueue).
     min_workers: int = Field(1, ge=1)
     #: GPU workers: ``dask cuda worker`` per node, cuDF DataFrame backend (slurm/dask-cluster.sh).
     gpu: bool = False
+    #: Dask comm protocol: ``tcp`` or ``ucx`` (UCXX, for InfiniBand/NVLink).
     protocol: Literal["tcp", "ucx"] = "tcp"
     #: Network interface for scheduler and workers (e.g. ``ib0`` for InfiniBand).
     interface: str | None = None
     #: GPU workers: RMM pool per GPU (fraction of GPU memory or a size), and UCX transports.
     rmm_pool_size: str | None = "0.9"
+    #: GPU workers with UCX: use InfiniBand.
     enable_infiniband: bool = True
+    #: GPU workers with UCX: use NVLink.
     enable_nvlink: bool = True
+    #: Settings of the ``jobqueue`` kind.
     jobqueue: JobqueueConfig = Field(default_factory=JobqueueConfig)
 
 
@@ -143,10 +181,12 @@ class IngestConfig(Section):
     blocksize: str = "64MiB"
     #: Fail the stage when more than this fraction of a split's lines is malformed.
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    #: Rows per Parquet row group of the ingest parts.
     row_group_size: int = Field(128 * 1024, ge=1024)
 
 
 class HistoryConfig(Section):
+    #: History items per example (H).
     size: int = Field(10, ge=1, le=64)
     #: ``past``: only engagements strictly before the target; ``centered``: the paper's window.
     window: Literal["past", "centered"] = "past"
@@ -164,15 +204,22 @@ class TextConfig(Section):
 
 
 class FeaturesConfig(Section):
+    #: Out-of-fold target encoding on the training split: number of folds.
     te_folds: int = Field(5, ge=2)
+    #: Target encoding smoothing ``p_smooth`` (pseudo-count of the prior).
     te_smoothing: float = Field(20.0, ge=0)
+    #: Seed of the fold assignment (a hash of ``row_id`` and this seed).
     seed: int = 0
 
 
 class ChunksConfig(Section):
+    #: Chunk size in MB (1e6 bytes); each chunk within ±10% except a split's last.
     target_mb: float = Field(180.0, gt=0)
+    #: Seed of the deterministic shuffle (splitmix64 of ``row_id`` xor seed).
     seed: int = 0
+    #: Parquet compression of the chunks.
     compression: Literal["zstd", "snappy", "none"] = "zstd"
+    #: Rows per Parquet row group of the chunks.
     row_group_rows: int = Field(8192, ge=64)
     #: Rows of the shuffled split (its first rows) encoded to estimate the bytes per row.
     sample_rows: int = Field(16384, ge=16)
@@ -216,7 +263,9 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
+    #: Splits to predict (metrics only where labels exist).
     splits: list[Split] = Field(default_factory=lambda: ["valid", "test"])
+    #: Examples per inference batch.
     batch_size: int = Field(64, ge=1)
     #: Device for inference (one process): ``cpu`` or ``cuda`` (the first visible GPU).
     backend: Literal["cpu", "cuda"] = "cpu"
@@ -225,7 +274,9 @@ class EvaluateConfig(Section):
 
 
 class ReportConfig(Section):
+    #: Train the features-only HistGradientBoosting baseline.
     baseline: bool = True
+    #: Training rows sampled for the baseline.
     baseline_max_rows: int = Field(200_000, ge=1000)
     #: Seed of the baseline's training-row sample and of its gradient-boosted trees.
     seed: int = 0
@@ -234,26 +285,44 @@ class ReportConfig(Section):
 
 
 class SlurmStageConfig(Section):
+    #: Slurm partition.
     partition: str | None = None
+    #: Time limit (Slurm format, e.g. ``04:00:00`` or ``1-00:00:00``).
     time: str | None = None
+    #: Nodes (multi-node Dask with ``scheduler_file``, multi-node DDP for train).
     nodes: int | None = Field(None, ge=1)
+    #: GPUs per node (train: one task per GPU).
     gpus_per_node: int | None = Field(None, ge=0)
+    #: CPUs per task.
     cpus_per_task: int | None = Field(None, ge=1)
+    #: Memory per node (e.g. ``16G``).
     mem: str | None = None
+    #: Slurm account.
     account: str | None = None
+    #: Slurm QOS.
     qos: str | None = None
 
 
 class SlurmConfig(Section):
+    #: Job logs: ``{log_dir}/mp-<stage>-<jobid>.out`` (and submitit folders).
     log_dir: str = "logs"
+    #: Resources for every stage unless the stage's own section sets them.
     default: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the generate stage's job.
     generate: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the ingest stage's job.
     ingest: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the text stage's job.
     text: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the features stage's job.
     features: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the chunks stage's job.
     chunks: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the train stage's job.
     train: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the evaluate stage's job.
     evaluate: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
+    #: Resources of the report stage's job.
     report: SlurmStageConfig = Field(default_factory=SlurmStageConfig)
 
 
