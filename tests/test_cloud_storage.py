@@ -8,16 +8,18 @@ writing the bucket themselves:
    back through fsspec) and nothing else is left in the stage directory; ``evaluate/metrics.json``
    reads back; a second ``run`` skips every stage;
 2. the chunk files written to the bucket are byte-identical to those of the same config with a
-   local ``run_dir`` (and the metrics equal);
-3. an emulator restarted while ``train`` runs: the GCS emulator keeps its objects, so the run either
-   rides the outage out on retries or fails naming the URL, and a rerun ends with the metrics of an
-   uninterrupted run; moto loses every object, so the run must fail naming the missing object,
-   ``status`` must then trust no stage, and a rerun rebuilds everything from scratch;
+   local ``run_dir``;
+3. an emulator restarted under ``microparade run --from train`` so that the outage always catches a
+   checkpoint write: the GCS emulator keeps its objects, so the run either rides the outage out on
+   retries or fails naming the URL (then ``status`` trusts only what verifies and a rerun finishes
+   the rest); moto loses every object, so the run must fail naming the missing object, ``status``
+   must then trust no stage, and a rerun rebuilds everything from scratch; either way the final
+   weights and metrics equal those of an uninterrupted run;
 4. the hot-swap loader reading chunks from gs:// rejects a chunk whose bytes were replaced.
 
 The package source is frozen into a temporary copy for the module's runs (``PYTHONPATH``): stage
 fingerprints hash the source, so an edit to the working tree between two runs would otherwise turn
-"the second run skips everything" into a rerun.
+"the second run skips everything" into a rerun (see ``frozen_env`` for the thread pinning).
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ def pipeline_config(run_dir: str, storage_options: dict | None = None) -> dict:
         "run_dir": run_dir,
         "storage_options": storage_options or {},
         "data": {"generate": {"rows": sum(SPLIT_ROWS.values()), "seed": 7}},
-        "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB", "dashboard": False},
+        # Worker processes (the default): they reach the emulator with the run's storage_options.
+        "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB",
+                    "dashboard": False},
         "ingest": {"blocksize": "2MiB"},
         "history": {"size": 4},
         "text": {"max_length": 48},
@@ -77,10 +81,17 @@ def sha256(data: bytes) -> str:
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def frozen_env(tmp_path_factory) -> dict[str, str]:
-    """Environment that makes the CLI (and its Dask workers) import a frozen copy of the package."""
+    """Environment of every CLI call: a frozen copy of the package, one torch thread.
+
+    The copy (imported by the CLI and its Dask workers through ``PYTHONPATH``) keeps stage
+    fingerprints fixed while the working tree changes. One thread because CPU training and inference
+    are bit-reproducible only at a fixed thread count, and the thread count of a run otherwise depends
+    on whether a Dask stage ran first in the same process (distributed sets ``OMP_NUM_THREADS=1``
+    in the client process, so a full run trains with 1 thread, a ``--from train`` rerun with all).
+    """
     dst = tmp_path_factory.mktemp("frozen-src")
     shutil.copytree(ROOT / "src" / "microparade", dst / "microparade", ignore=shutil.ignore_patterns("__pycache__"))
-    return {"PYTHONPATH": str(dst)}
+    return {"PYTHONPATH": str(dst), "OMP_NUM_THREADS": "1"}
 
 
 class Run:
@@ -88,6 +99,10 @@ class Run:
 
     def __init__(self, config: Path, run_dir: str, env: dict[str, str], server=None):
         self.config, self.run_dir, self.env, self.server = config, run_dir, env, server
+        #: Seconds the first, complete ``run`` took, and the trained weights' sha256 and the
+        #: metrics it produced (what a run interrupted later must reproduce).
+        self.first_run_s = 0.0
+        self.uninterrupted: dict = {}
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run_cli(*args, env=self.env, check=check, timeout=600)
@@ -116,62 +131,62 @@ class Run:
         return json.loads(self.read(rel))
 
 
+def model_sha256(run: Run) -> str:
+    """The trained weights' sha256 as the train manifest records it."""
+    return {f["path"]: f["sha256"] for f in run.read_json("train/_MANIFEST.json")["files"]}["model.pt"]
+
+
 def assert_ran(proc: subprocess.CompletedProcess, ran: list[str], skipped: list[str]) -> None:
+    """The CLI's summary line names exactly these stages as run and as skipped, in order."""
     line = proc.stdout.strip().splitlines()[-1]
-    assert line.startswith(f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} "), line
+    expected = f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} "
+    assert line.startswith(expected), line
 
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, frozen_env) -> Run:
-    """The reference: the same config with a local run_dir, uninterrupted."""
+    """The same config with a local run_dir, up to the chunks (the storage-independent reference)."""
     tmp = tmp_path_factory.mktemp("local-run")
     run = Run(write_yaml(tmp / "config.yaml", pipeline_config(str(tmp / "run"))), str(tmp / "run"), frozen_env)
-    assert_ran(run.run(), STAGES, [])
+    assert_ran(run.run("--until", "chunks"), STAGES[:5], [])
     return run
-
-
-_bucket_runs: dict[str, tuple[Run, float]] = {}
 
 
 @pytest.fixture(scope="module", params=["gs", "s3"])
 def bucket_run(request, tmp_path_factory, frozen_env):
-    """A complete run whose run_dir is a bucket URL, with the seconds its first ``run`` took."""
+    """A complete, uninterrupted run whose run_dir is a bucket URL."""
     server = request.getfixturevalue("gcs_server" if request.param == "gs" else "s3_server")
     tmp = tmp_path_factory.mktemp(f"{request.param}-run")
     bucket = server.make_bucket(BUCKET)
     run_dir = f"{bucket}/run"
-    run = Run(write_yaml(tmp / "config.yaml", pipeline_config(run_dir, server.storage_options)), run_dir, frozen_env, server)
+    config = write_yaml(tmp / "config.yaml", pipeline_config(run_dir, server.storage_options))
+    run = Run(config, run_dir, frozen_env, server)
     t0 = time.monotonic()
     proc = run.run()
-    elapsed = time.monotonic() - t0
+    run.first_run_s = time.monotonic() - t0
     assert_ran(proc, STAGES, [])
-    return run, elapsed
+    run.uninterrupted = {"model": model_sha256(run), "metrics": run.read_json("evaluate/metrics.json")}
+    return run
 
 
 def stage_leftovers(run: Run) -> list[str]:
     """Markers and scratch directories still present in any stage directory of a run."""
-    fs = run.fs()
-    found = fs.find(run.path(""), withdirs=False)
+    base = run.path("")
     bad = []
-    for p in found:
-        rel = p.split("/run/", 1)[1]
+    for p in run.fs().find(base, withdirs=False):
+        rel = p[len(base) :]
         parts = rel.split("/")
         if len(parts) > 1 and parts[1] in ("_INCOMPLETE.json", "_FAILED.json", "_staging", "_work"):
             bad.append(rel)
     return bad
 
 
-def model_sha256(run: Run) -> str:
-    """The trained weights' sha256 as the train manifest records it."""
-    return {f["path"]: f["sha256"] for f in run.read_json("train/_MANIFEST.json")["files"]}["model.pt"]
-
-
 # ------------------------------------------------------------------------------------------------
 # 1. the whole pipeline on a bucket
 # ------------------------------------------------------------------------------------------------
 def test_pipeline_on_bucket(bucket_run):
-    run, elapsed = bucket_run
-    print(f"{run.run_dir}: first run {elapsed:.1f}s")
+    run = bucket_run
+    print(f"{run.run_dir}: first run {run.first_run_s:.1f}s")
     assert run.status() == {s: "done" for s in STAGES}
     assert stage_leftovers(run) == []
 
@@ -180,7 +195,7 @@ def test_pipeline_on_bucket(bucket_run):
     paths = [f["path"] for f in files]
     assert paths == sorted(paths)
     by_split = {s: [f for f in files if f["split"] == s] for s in SPLIT_ROWS}
-    assert {s: sum(f["rows"] for f in fs) for s, fs in by_split.items()} == SPLIT_ROWS
+    assert {s: sum(f["rows"] for f in chunks) for s, chunks in by_split.items()} == SPLIT_ROWS
     assert [f["path"] for f in by_split["train"]] == [f"train/chunk-{i:05d}.parquet" for i in range(3)]
     # The stage directory holds exactly the manifest's chunks and the manifest.
     fs = run.fs()
@@ -199,20 +214,21 @@ def test_pipeline_on_bucket(bucket_run):
     assert 0.0 < metrics["valid"]["ap"]["avg"] < 1.0
 
     assert_ran(run.run(), [], STAGES)
+    # Nothing changed on the bucket: the same weights and metrics as after the first run.
+    assert model_sha256(run) == run.uninterrupted["model"]
+    assert run.read_json("evaluate/metrics.json") == run.uninterrupted["metrics"]
 
 
 # ------------------------------------------------------------------------------------------------
 # 2. determinism across storage
 # ------------------------------------------------------------------------------------------------
-def test_bucket_outputs_identical_to_local_run(bucket_run, local_run):
-    run, _ = bucket_run
+def test_bucket_chunks_identical_to_local_run(bucket_run, local_run):
+    run = bucket_run
     remote, local = run.read_json("chunks/_MANIFEST.json"), local_run.read_json("chunks/_MANIFEST.json")
     assert remote["files"] == local["files"]
     assert remote["extra"] == local["extra"]
     for f in remote["files"]:
         assert run.read(f"chunks/{f['path']}") == local_run.read(f"chunks/{f['path']}"), f["path"]
-    assert model_sha256(run) == model_sha256(local_run)
-    assert run.read_json("evaluate/metrics.json") == local_run.read_json("evaluate/metrics.json")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,13 +246,19 @@ def _wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float)
     raise AssertionError(f"the run did not log {text!r} within {timeout}s")
 
 
-def test_emulator_restart_during_train(bucket_run, local_run, tmp_path):
+def _log_second(log: str, text: str) -> int:
+    """Second of the day of the first log line holding ``text`` (lines start with ``HH:MM:SS``)."""
+    line = next(line for line in log.splitlines() if text in line)
+    h, m, s = (int(x) for x in line[:8].split(":"))
+    return h * 3600 + m * 60 + s
+
+
+def test_emulator_restart_during_train(bucket_run, tmp_path):
     """The emulator goes down while ``train`` computes step 4 and comes back 2 s after the step is
     logged; the checkpoint of step 4 is written right after that log line, so the outage always
     catches a write (and the model, the publication, evaluate and report come after it)."""
-    run, _ = bucket_run
+    run = bucket_run
     server = run.server
-    reference = local_run.read_json("evaluate/metrics.json")
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with open(out, "w") as fout, open(err, "w") as ferr:
         proc = subprocess.Popen(
@@ -261,17 +283,21 @@ def test_emulator_restart_during_train(bucket_run, local_run, tmp_path):
     print(f"{run.run_dir}: exit {rc}; {stdout.strip().splitlines()[-1] if rc == 0 else last}")
 
     if run.server.protocol == "s3":
-        # moto lost the bucket: the run cannot have succeeded, and it must say what is missing.
+        # moto lost the bucket: the run cannot have succeeded, and it must say what is missing
+        # (the step-4 checkpoint, or whatever train wrote next if the outage outlasted the retries).
         assert rc == 1, stderr[-3000:]
-        assert last.startswith("microparade: stage "), stderr[-3000:]
-        assert f"s3://{BUCKET}/run/" in last, last
+        assert last.startswith("microparade: stage train failed: "), stderr[-3000:]
+        assert f"s3://{BUCKET}/run/train/" in last, last
         # Nothing is left to trust: every stage reads as missing, none as done.
         assert run.status() == {s: "missing" for s in STAGES}
         server.make_bucket(BUCKET)
         assert_ran(run.run(), STAGES, [])
     elif rc == 0:
-        # The GCS emulator kept its objects and the clients retried through the outage.
+        # The GCS emulator kept its objects and the clients retried through the outage: the
+        # step-4 checkpoint was only saved once the emulator was back, 2 s or more after the step.
         assert_ran(subprocess.CompletedProcess([], 0, stdout, stderr), ["train", "evaluate", "report"], [])
+        gap = _log_second(stderr, "[train] checkpoint ckpt-000000004.pt") - _log_second(stderr, "[train] step 4/6 ")
+        assert gap % 86400 >= 2, gap
     else:
         assert rc == 1, stderr[-3000:]
         assert last.startswith("microparade: stage "), stderr[-3000:]
@@ -284,9 +310,8 @@ def test_emulator_restart_during_train(bucket_run, local_run, tmp_path):
         assert_ran(run.run(), STAGES[len(done) :], done)
     assert run.status() == {s: "done" for s in STAGES}
     assert stage_leftovers(run) == []
-    (tmp_path / "DEBUG.json").write_text(json.dumps({"got": run.read_json("evaluate/metrics.json"), "ref": reference, "sha": [model_sha256(run), model_sha256(local_run)], "trainm": [run.read_json("train/_MANIFEST.json"), local_run.read_json("train/_MANIFEST.json")]}))
-    assert model_sha256(run) == model_sha256(local_run)
-    assert run.read_json("evaluate/metrics.json") == reference
+    assert model_sha256(run) == run.uninterrupted["model"]
+    assert run.read_json("evaluate/metrics.json") == run.uninterrupted["metrics"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,7 +321,7 @@ def test_emulator_restart_during_train(bucket_run, local_run, tmp_path):
 def test_loader_rejects_replaced_chunk_on_gcs(bucket_run):
     from microparade.loader import ChunkChecksumError, ChunkLoader
 
-    run, _ = bucket_run
+    run = bucket_run
     fs = run.fs()
     manifest = run.read_json("chunks/_MANIFEST.json")
     # A copy of the chunks stage under another prefix, so the run itself stays intact.
@@ -322,3 +347,35 @@ def test_loader_rejects_replaced_chunk_on_gcs(bucket_run):
     msg = str(err.value)
     assert f"gs://{copy}/chunks/train/chunk-00001.parquet" in msg, msg
     assert c1["sha256"] in msg and c0["sha256"] in msg, msg
+
+
+# ------------------------------------------------------------------------------------------------
+# storage.retry: what the restart tests rely on, without a server
+# ------------------------------------------------------------------------------------------------
+def test_retry_rides_out_s3_connection_errors_and_names_missing_objects(tmp_path):
+    from botocore.exceptions import EndpointConnectionError
+
+    from microparade.storage import retry
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1/bucket/key")
+        return "ok"
+
+    assert retry(flaky, what="write s3://bucket/key", base_delay=0.01) == "ok"
+    assert len(calls) == 3
+
+    def down() -> None:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1/bucket/key")
+
+    with pytest.raises(OSError, match=r"^write s3://bucket/key: failed after 2 attempts: EndpointConnectionError"):
+        retry(down, what="write s3://bucket/key", attempts=2, base_delay=0.01)
+
+    fs = fsspec.filesystem("file")
+    missing = str(tmp_path / "missing.bin")
+    with pytest.raises(FileNotFoundError, match=rf"read {missing}: ") as err:
+        retry(lambda: fs.cat_file(missing), what=f"read {missing}")
+    assert err.value.errno == 2

@@ -355,3 +355,44 @@ def test_train_on_cuda(tmp_path, stages):
     extra = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
     assert extra["backend"] == "cuda" and extra["steps"] == 4
     assert np.isfinite(_metrics(run)[-1]["loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# on the real pipeline: generate -> ingest -> text -> features -> chunks -> train -> evaluate
+# ----------------------------------------------------------------------------------------------
+def _pipeline_config(run_dir: Path, rows: int, **sections) -> dict:
+    base = {
+        "run_dir": str(run_dir),
+        "data": {"generate": {"rows": rows, "seed": 11, "topics": 4}},
+        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "3GiB", "dashboard": False},
+        "history": {"size": 4},
+        "text": {"max_length": 32},
+        "chunks": {"target_mb": 1},
+        "model": {"encoder": "tiny"},
+        "train": {"batch_size": 32, "lr": 0.002, "log_every": 10, "num_threads": 1, "max_steps": 6},
+        "evaluate": {"splits": ["valid", "test"]},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return base
+
+
+def test_end_to_end_on_generated_data(tmp_path):
+    from microparade.config import build_config
+
+    run = tmp_path / "run"
+    t0 = time.time()
+    outcome = run_pipeline(build_config(_pipeline_config(run, 3000)), until="evaluate")
+    assert outcome == {s: "ran" for s in ("generate", "ingest", "text", "features", "chunks", "train", "evaluate")}
+    chunks = json.loads((run / "chunks" / "_MANIFEST.json").read_text())
+    train = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
+    assert train["steps"] == 6 and train["examples"] == 6 * 32
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert set(metrics) == {"valid"}
+    valid_rows = chunks["extra"]["splits"]["valid"]["rows"]
+    assert metrics["valid"]["rows"] == valid_rows
+    assert 0 < metrics["valid"]["ap"]["avg"] < 1
+    for split in ("valid", "test"):
+        t = pq.read_table(run / "evaluate" / "predictions" / f"{split}.parquet")
+        assert t.num_rows == chunks["extra"]["splits"][split]["rows"]
+    print(f"end to end on 3000 generated rows: {time.time() - t0:.1f}s")

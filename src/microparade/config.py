@@ -229,33 +229,54 @@ class ModelConfig(Section):
     #: Hugging Face BERT-family encoder: ``minilm`` (offline all-MiniLM-L6-v2), a local directory,
     #: or ``tiny`` (a small randomly initialised BERT for fast tests).
     encoder: str = "minilm"
+    #: ``single``: one compress+output net with 4 logits; ``multi``: one net per engagement (the paper's best).
     heads: Literal["single", "multi"] = "single"
+    #: Add the learned hour-of-day embedding to each pair embedding (ablation switch).
     use_time: bool = True
+    #: Use the text encoder; false = features-only model (ablation).
     use_text: bool = True
+    #: Transformer aggregator layers.
     agg_layers: int = Field(2, ge=1)
+    #: Transformer aggregator attention heads.
     agg_heads: int = Field(4, ge=1)
+    #: Dropout in the aggregator and every feed-forward layer.
     dropout: float = Field(0.35, ge=0, lt=1)
+    #: Width the aggregated text embedding is compressed to before the features are concatenated.
     compress_dim: int = Field(192, ge=8)
+    #: Hidden width of the output feed-forward net.
     hidden_dim: int = Field(192, ge=8)
 
 
 class TrainConfig(Section):
+    #: ``cpu``, ``cuda`` (DDP from torchrun or Slurm variables) or ``xla`` (not in this version).
     backend: Literal["cpu", "cuda", "xla"] = "cpu"
+    #: ``efficient``: only valid pairs, length-bucketed under a token budget; ``naive``: every slot padded to max length (the paper's way).
     encoding: Literal["efficient", "naive"] = "efficient"
+    #: Optimizer.
     optimizer: Literal["adam", "adamw"] = "adam"
+    #: Peak learning rate (the paper: 1e-5).
     lr: float = Field(1e-5, gt=0)
+    #: Weight decay.
     weight_decay: float = Field(0.0, ge=0)
+    #: Linear warm-up steps.
     warmup_steps: int = Field(0, ge=0)
+    #: Examples per optimizer step (per process).
     batch_size: int = Field(32, ge=1)
+    #: Passes over the training chunks.
     epochs: int = Field(1, ge=1)
     #: Stop after this many optimizer steps (0 = no limit, run ``epochs``).
     max_steps: int = Field(0, ge=0)
+    #: Max gradient norm (0 = off).
     grad_clip: float = Field(1.0, ge=0)
+    #: Seed of model init, dropout and the chunk order (CPU runs are bit-reproducible).
     seed: int = 0
+    #: Checkpoint every N steps (and on SIGUSR2/SIGTERM).
     checkpoint_every: int = Field(200, ge=1)
+    #: Log metrics (metrics.jsonl, TensorBoard) every N steps.
     log_every: int = Field(10, ge=1)
     #: Max tokens per encoder call in efficient encoding (pairs are bucketed by length under it).
     token_budget: int = Field(8192, ge=64)
+    #: torch CPU threads (0 = torch's default).
     num_threads: int = Field(0, ge=0)
     #: Pad every encoder call to its bucket's full capacity and drop short last batches, so tensor
     #: shapes never depend on the data (for compilers such as XLA); costs data efficiency.

@@ -54,19 +54,53 @@ def join(url: str, *parts: str) -> str:
     return out
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Exception types worth retrying: OS-level I/O errors, and botocore's connection errors,
+    which s3fs lets through untranslated and which do not derive from ``OSError`` (an S3 endpoint
+    that is briefly unreachable raises ``EndpointConnectionError``)."""
+    types: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # pragma: no cover - s3 support not installed
+        return types
+    return types + (BotoConnectionError, HTTPClientError)
+
+
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _naming(exc: OSError, what: str) -> OSError:
+    """``exc`` with ``what`` (the operation and its URL) in its message, same type and errno:
+    object-store clients often report a missing object or bucket without naming it."""
+    if what in str(exc):
+        return exc
+    try:
+        if exc.errno is not None:
+            return type(exc)(exc.errno, f"{what}: {exc.strerror or exc}")
+        return type(exc)(f"{what}: {exc}")
+    except Exception:  # pragma: no cover - an OSError subclass with another constructor
+        return exc
+
+
 def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
     """Call ``fn`` retrying transient I/O errors with exponential back-off.
 
-    Non-transient errors (missing files, permission, value errors) are raised at once; after the
-    last attempt the error is re-raised with ``what`` in the message, never swallowed.
+    Non-transient errors (missing files, permission, value errors) are raised at once, missing
+    files and permission errors with ``what`` added to the message; after the last attempt the error
+    is re-raised with ``what`` in the message, never swallowed.
     """
     delay = base_delay
+    transient = _transient_errors()
     for i in range(attempts):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
-            raise
-        except (OSError, ConnectionError, TimeoutError) as exc:
+        except _PERMANENT as exc:
+            named = _naming(exc, what)
+            if named is exc:
+                raise
+            raise named from exc
+        except transient as exc:
             if i == attempts - 1:
                 raise OSError(f"{what}: failed after {attempts} attempts: {exc!r}") from exc
             time.sleep(delay)

@@ -220,6 +220,9 @@ class Trainer:
         self.interval = Interval()
         self.totals = {"examples": 0, "valid_tokens": 0, "encoded_tokens": 0}
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        #: Examples since the interval timer started (not checkpointed: a resumed run's first
+        #: interval is timed from the resume on).
+        self.timed_examples = 0
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
@@ -321,13 +324,13 @@ class Trainer:
     def make_record(self, epoch: int, seconds: float) -> dict[str, Any]:
         iv = self.interval
         vals = self.backend.all_reduce_values(
-            [*iv.loss, iv.steps, iv.examples, iv.valid_tokens, iv.encoded_tokens], op="sum"
+            [*iv.loss, iv.steps, iv.examples, iv.valid_tokens, iv.encoded_tokens, self.timed_examples], op="sum"
         )
         n = len(TARGETS)
         world = self.backend.world_size
         steps = vals[n] / world
         per_target = [v / (steps * world) for v in vals[:n]]
-        examples, valid, encoded = int(vals[n + 1]), vals[n + 2], vals[n + 3]
+        examples, valid, encoded, timed = int(vals[n + 1]), vals[n + 2], vals[n + 3], vals[n + 4]
         self.totals["examples"] += examples
         record: dict[str, Any] = {
             "step": self.step,
@@ -336,12 +339,13 @@ class Trainer:
             "loss": float(np.mean(per_target)),
             **{f"loss_{t}": per_target[i] for i, t in enumerate(TARGETS)},
             "lr": self.last_lr,
-            "examples_per_s": round(examples / seconds, 3) if seconds > 0 else None,
+            "examples_per_s": round(timed / seconds, 3) if seconds > 0 else None,
             "data_efficiency": _efficiency(valid, encoded),
         }
         self.totals["valid_tokens"] += int(valid)
         self.totals["encoded_tokens"] += int(encoded)
         self.interval = Interval()
+        self.timed_examples = 0
         return record
 
     # -- the loop -------------------------------------------------------------------------------
@@ -375,6 +379,7 @@ class Trainer:
                     self.step += 1
                     self.position = batch.state
                     self.interval.add(per_target, len(batch), valid, encoded)
+                    self.timed_examples += len(batch)
                     if bar is not None:
                         bar.update(1)
                     done = self.step >= self.total_steps
