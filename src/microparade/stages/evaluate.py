@@ -91,6 +91,10 @@ def run(ctx) -> None:
     if list(bundle["feature_names"]) != list(chunks.extra["feature_names"]):
         raise StageError("the model's feature names differ from the chunks' (rerun train on these chunks)")
     backend = make_backend(ec.backend, environ={})
+    # Same thread count whether or not a Dask cluster ran earlier in this process (see train).
+    from .train import _available_cpus
+
+    torch.set_num_threads(ctx.cfg.train.num_threads or _available_cpus())
     model = load_model_bundle(bundle).to(backend.device)
     present = {f.get("split", f["path"].split("/", 1)[0]) for f in chunks.files}
     metrics: dict[str, Any] = {}

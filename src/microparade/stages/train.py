@@ -463,6 +463,13 @@ def _write_scalars(writer, record: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 # stage entry point
 # ----------------------------------------------------------------------------------------------
+def _available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def run(ctx) -> None:
     stop = StopFlag()
     if not stop.install():
@@ -473,8 +480,10 @@ def run(ctx) -> None:
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     backend = make_backend(tc.backend).setup()
     try:
-        if tc.num_threads:
-            torch.set_num_threads(tc.num_threads)
+        # Always set the thread count: starting a Dask cluster earlier in the same process sets
+        # OMP_NUM_THREADS=1, so relying on torch's default would make a full run and a resumed
+        # train-only run use different thread counts (and different floating-point results).
+        torch.set_num_threads(tc.num_threads or _available_cpus())
         torch.use_deterministic_algorithms(True, warn_only=True)
         trainer = Trainer(ctx, backend, stop)
         try:
