@@ -535,6 +535,7 @@ def _chunk_split(ctx, split: str, parts: list[PartInput], meta: dict[str, Any], 
     # Every reduce task reads every part's fragment: ship the list to each worker once.
     [parts_on_workers] = client.scatter([parts], hash=False)
     written: list[dict[str, Any]] = []
+    measured: list[tuple[int, float]] = []
     for attempt in range(1, MAX_CUT_ATTEMPTS + 1):
         plans = plan_chunks(counts, r)
         futures = [
@@ -552,11 +553,21 @@ def _chunk_split(ctx, split: str, parts: list[PartInput], meta: dict[str, Any], 
         bad = [i for i, s in enumerate(full) if abs(s - target) > SIZE_TOLERANCE * target]
         if not bad:
             break
-        # Recalibrate bytes/row on what was written (the sample's overhead term is kept).
-        b_new = (float(np.mean(full)) - a) / r
-        r_new = rows_for(target, a, b_new)
+        # Recalibrate on what was written: a secant through the last two (rows, mean size) points
+        # once there are two, else proportional scaling. (Keeping the sample's overhead term can
+        # stall when it is off: small chunks compress differently from the sample.)
+        mean = float(np.mean(full))
+        measured.append((r, mean))
+        if len(measured) >= 2 and measured[-1][0] != measured[-2][0]:
+            (r0, s0), (r1, s1) = measured[-2], measured[-1]
+            slope = (s1 - s0) / (r1 - r0)
+            r_new = max(1, int(round(r1 + (target - s1) / slope))) if slope > 0 else max(1, int(round(r * target / mean)))
+        else:
+            r_new = max(1, int(round(r * target / mean)))
+        if r_new == r:
+            r_new = r + (1 if mean < target else -1)
         sizes = _size_summary(full)
-        if attempt == MAX_CUT_ATTEMPTS or r_new == r:
+        if attempt == MAX_CUT_ATTEMPTS or r_new < 1:
             raise RuntimeError(
                 f"{split}: {len(bad)} of {len(full)} chunks are outside {cfg.target_mb} MB ±{SIZE_TOLERANCE:.0%} "
                 f"with {r} rows per chunk (sizes {sizes} MB); rows vary too much in size for chunks this "
