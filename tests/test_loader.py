@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 import weakref
 
 import fsspec
@@ -127,11 +128,18 @@ def test_resume_from_every_position_is_exact(run_dir, world, rank):
 
 
 def test_at_most_two_chunks_alive(run_dir):
+    """While a chunk is consumed the next one is loaded in the background, and no third is alive.
+
+    Each batch waits until every load the loader has started has finished (the prefetch thread may
+    lag on a loaded machine), so the count is deterministic: the current chunk plus the prefetched one.
+    """
     lo = ChunkLoader.from_run_dir(run_dir, "train", batch_size=4, seed=0)
     alive: list[weakref.ref] = []
+    started: list[int] = []
     real_load = lo.load_chunk
 
     def load_and_track(i):
+        started.append(i)
         ex = real_load(i)
         alive.append(weakref.ref(ex))
         return ex
@@ -140,6 +148,10 @@ def test_at_most_two_chunks_alive(run_dir):
     peak = 0
     try:
         for _ in lo.epoch(0):
+            deadline = time.monotonic() + 30
+            while len(alive) < len(started) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(alive) == len(started), "a chunk prefetch did not finish within 30 s"
             gc.collect()
             peak = max(peak, sum(r() is not None for r in alive))
         assert len(alive) == 4 and peak == 2

@@ -62,7 +62,7 @@ pid_alive() {
   [[ -r $1 ]] || return 1
   read -r pid <"$1" || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  stat=$(<"/proc/$pid/stat") 2>/dev/null || return 1
+  { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || return 1
   [[ $stat == "$pid ($2) "[!ZX]* ]]
 }
 
