@@ -66,8 +66,13 @@ pid_alive() {
   [[ $stat == "$pid ($2) "[!ZX]* ]]
 }
 
-# died PIDFILE COMM: the daemon wrote its pidfile and is gone since.
-died() { [[ -e $1 ]] && ! pid_alive "$1" "$2"; }
+# died PIDFILE COMM: the daemon wrote its pidfile and is gone since. Checked twice, 0.5 s apart
+# (the pidfile is re-read): a daemon that forks while daemonising may briefly name an exited pid.
+died() {
+  [[ -e $1 ]] && ! pid_alive "$1" "$2" || return 1
+  sleep 0.5
+  [[ -e $1 ]] && ! pid_alive "$1" "$2"
+}
 
 # wait_for SECONDS WHAT PIDFILE LOG CMD...: poll CMD until it succeeds; fail with the log's tail
 # on timeout, or at once when the daemon of PIDFILE (named like it: slurmctld.pid -> slurmctld;
