@@ -208,3 +208,20 @@ def test_bad_arguments(run_dir):
     with ChunkLoader.from_run_dir(run_dir, "train", batch_size=4) as lo:
         with pytest.raises(ValueError, match="past the 4 chunk"):
             next(lo.epoch(0, LoaderState(0, 5, 0)))
+
+
+def test_position_rescaled_for_another_world_size(tmp_path):
+    """A checkpoint of 2 processes resumed by 1: the offset keeps its fraction of the shard, chunk
+    boundaries stay exact and the resumed epoch runs to its end."""
+    run_dir = str(tmp_path / "run")
+    h.publish_chunks(run_dir, {"train": [20, 12]}, history_size=2, n_features=3)
+    with ChunkLoader.from_run_dir(run_dir, "train", batch_size=2, seed=3, rank=0, world_size=1) as one:
+        order = one.chunk_order(0)
+        rows = one.chunks[order[0]].rows
+        old = LoaderState(0, 0, rows // 2 // 2)  # halfway through a 2-process shard
+        new = one.rescale_position(old, 2)
+        assert new == LoaderState(0, 0, rows // 2)
+        assert one.rescale_position(LoaderState(0, 1, 0), 2) == LoaderState(0, 1, 0)
+        assert one.rescale_position(old, 1) == old
+        rest = [int(r) for b in one.epoch(0, new) for r in b.examples.row_id]
+        assert len(rest) == 32 - rows // 2

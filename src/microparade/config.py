@@ -250,7 +250,7 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     #: ``cpu``, ``cuda`` (DDP from torchrun or Slurm variables) or ``xla`` (not in this version).
     backend: Literal["cpu", "cuda", "xla"] = "cpu"
-    #: ``efficient``: only valid pairs, length-bucketed under a token budget; ``naive``: every slot padded to max length (the paper's way).
+    #: ``efficient``: only valid pairs, length-bucketed under a token budget; ``naive``: every slot padded to the longest possible pair, 2 × ``text.max_length`` (the paper's way).
     encoding: Literal["efficient", "naive"] = "efficient"
     #: Optimizer.
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -276,7 +276,7 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     #: Max tokens per encoder call in efficient encoding (pairs are bucketed by length under it).
     token_budget: int = Field(8192, ge=64)
-    #: torch CPU threads (0 = torch's default).
+    #: torch CPU threads (0 = the CPUs this process may run on, from its CPU affinity).
     num_threads: int = Field(0, ge=0)
     #: Pad every encoder call to its bucket's full capacity and drop short last batches, so tensor
     #: shapes never depend on the data (for compilers such as XLA); costs data efficiency.

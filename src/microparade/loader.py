@@ -184,6 +184,25 @@ class ChunkLoader:
         is_pad = pos >= n
         return perm[pos % max(n, 1)] if n else perm[:0], is_pad
 
+    def rescale_position(self, state: LoaderState, old_world_size: int) -> LoaderState:
+        """``state`` (written by a run of ``old_world_size`` processes) for this loader's world size.
+
+        Shards are contiguous blocks of the chunk's permutation, so no position of the new layout
+        covers exactly the examples the old one had consumed: the offset is scaled to the same
+        fraction of the shard. Up to one old shard's worth of the current chunk may be repeated or
+        skipped; chunk and epoch boundaries stay exact.
+        """
+        if old_world_size == self.world_size or state.offset == 0:
+            return state
+        order = self.chunk_order(state.epoch)
+        if state.chunk >= len(order):
+            return state
+        rows = self.chunks[order[state.chunk]].rows
+        old = rows // old_world_size if self.remainder == "drop" else -(-rows // old_world_size)
+        new = self.shard_size(rows)
+        offset = min(new, state.offset * new // max(old, 1))
+        return LoaderState(state.epoch, state.chunk, offset)
+
     # -- loading --------------------------------------------------------------------------------
     def load_chunk(self, chunk_index: int) -> Examples:
         """Read one chunk (sha256-verified) into :class:`Examples`."""

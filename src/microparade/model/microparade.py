@@ -5,7 +5,7 @@ Per example:
 1. the encoder's ``[CLS]`` embedding of ``[CLS] candidate [SEP]`` (slot 0) and of
    ``[CLS] candidate [SEP] history_i [SEP]`` for every valid history slot (slots 1..H); empty slots
    hold the ``empty_slot`` parameter instead of an encoder output. The aggregator masks empty slots,
-   so that vector never reaches the output (its gradient is zero and it keeps its initial value);
+   so that vector never reaches the output (its gradient is zero: only weight decay changes it);
    it only gives empty slots one defined value whichever encoding built the batch, which is what
    makes the efficient and naive encodings hand the aggregator identical inputs;
 2. a learned hour-of-day embedding (24 hours + unknown) of the history engagement added to each

@@ -287,6 +287,18 @@ class Trainer:
                 seed_everything(self.tc.seed + ckpt["step"] + self.backend.rank)
             self.step = int(ckpt["step"])
             self.position = LoaderState.from_dict(ckpt["loader_state"])
+            if ckpt["world_size"] != self.backend.world_size:
+                scaled = self.loader.rescale_position(self.position, int(ckpt["world_size"]))
+                if scaled != self.position:
+                    self.ctx.log(
+                        "loader position %s of %d process(es) rescaled to %s for %d: a few examples of "
+                        "that chunk may be repeated or skipped",
+                        self.position,
+                        ckpt["world_size"],
+                        scaled,
+                        self.backend.world_size,
+                    )
+                self.position = scaled
             self.records = list(ckpt["records"])
             self.interval = Interval.from_dict(ckpt["interval"])
             self.totals = {k: int(v) for k, v in ckpt["totals"].items()}
