@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     n_batches = args.steps + args.warmup
     rows = n_batches * args.batch_size
     results = []
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         for h in args.histories:
             manifest = write_chunks(Path(tmp) / f"h{h}", h, rows, chunks=2, empty=args.empty, max_length=args.max_length)
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup"] = row["efficient"]["examples_per_s"] / row["naive"]["examples_per_s"]
             print(f"H={h:2d} speed-up efficient/naive: {row['speedup']:.2f}x", flush=True)
             results.append(row)
-    table = render(results, args)
+    table = render(results, args, started, load_start, os.getloadavg())
     print()
     print(table)
     if args.write_docs:
@@ -178,15 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(results: list[dict], args) -> str:
+def render(results: list[dict], args, started: str, load_start, load_end) -> str:
     cpu = f"{os.cpu_count()} CPU cores" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    argv = " ".join(sys.argv[1:])
     lines = [
-        f"Encoder `{args.encoder}`, batch {args.batch_size}, max_length {args.max_length}, token budget "
-        f"{args.token_budget}, ~45-token tweets, {args.empty:.0%} of history slots empty; forward + backward + "
-        f"Adam step, {args.steps} timed steps after {args.warmup} warm-up; {cpu}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), {platform.machine()}; `python benchmarks/train_throughput.py"
-        + (f" --encoder {args.encoder}" if args.encoder != "minilm" else "")
-        + "`.",
+        f"Measured {started} on {cpu} ({platform.machine()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s); load average (1/5/15 min) "
+        f"{'/'.join(f'{x:.1f}' for x in load_start)} at the start, {'/'.join(f'{x:.1f}' for x in load_end)} at the end "
+        f"(the machine is shared). Encoder `{args.encoder}`, batch {args.batch_size}, max_length {args.max_length}, "
+        f"token budget {args.token_budget}, tweets of ~45 content tokens, {args.empty:.0%} of history slots empty "
+        f"(drawn); forward + backward + Adam step of the same model on the same batches, {args.steps} timed steps "
+        f"after {args.warmup} warm-up per encoding. Command: `python benchmarks/train_throughput.py {argv}`.",
         "",
         "| H | empty slots | efficient ex/s | naive ex/s | speed-up | data efficiency (efficient) | data efficiency (naive) |",
         "|---|---|---|---|---|---|---|",
