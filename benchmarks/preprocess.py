@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -68,6 +67,9 @@ from microparade.recsys import TARGET_TIMESTAMP, TARGETS
 from microparade.runner import read_manifest, run_pipeline
 from microparade.stages.text import engagement_columns
 from microparade.storage import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -788,14 +790,7 @@ def load_results(path: str) -> tuple[list[SizeResult], dict[str, Any]]:
 
 def update_doc(text_block: str) -> None:
     """Replace (or append) this benchmark's section of docs/benchmarks.md, leaving others alone."""
-    text = DOC.read_text() if DOC.exists() else DOC_INTRO
-    block = f"{SECTION}\n\n{text_block}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOC.write_text(text)
+    update_section(SECTION, text_block, DOC_INTRO, doc=DOC)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -34,6 +33,9 @@ from microparade.loader import ChunkLoader
 from microparade.model import build_model, encode_batch
 from microparade.model.batching import SpecialTokens
 from microparade.recsys import TARGETS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -205,14 +207,7 @@ def render(results: list[dict], args, started: str, load_start, load_end) -> str
 
 def update_doc(table: str) -> None:
     """Replace (or append) this benchmark's section of docs/benchmarks.md, leaving others alone."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{SECTION}\n\n{table}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    DOC.write_text(text)
+    update_section(SECTION, table, doc=DOC)
 
 
 if __name__ == "__main__":
