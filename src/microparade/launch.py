@@ -60,23 +60,26 @@ def pending_stages(cfg: Config, stages: list[str] | None = None) -> list[Pending
     return out
 
 
+def _slurm_query(cmd: list[str]) -> str:
+    """stdout of a read-only Slurm command; empty when Slurm is absent, times out or fails."""
+    if shutil.which(cmd[0]) is None:
+        return ""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
 def queued_jobs() -> dict[str, str]:
     """``{job_id: state}`` of this user's jobs that Slurm still holds (pending, running, requeued...).
 
     Read from ``squeue`` (the controller itself) rather than ``sacct``: accounting lags the
     scheduler, and a job submitted a moment ago must already count as queued. Empty without Slurm.
     """
-    if shutil.which("squeue") is None:
-        return {}
-    cmd = ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if out.returncode != 0:
-        return {}
+    out = _slurm_query(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"])
     jobs = {}
-    for line in out.stdout.splitlines():
+    for line in out.splitlines():
         jid, sep, state = line.strip().partition("|")
         if sep:
             jobs[jid.split("_")[0]] = state
@@ -111,17 +114,11 @@ def latest_jobs(store: Store) -> dict[str, str]:
 def sacct_info(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """``{job_id: {state, elapsed, start, end, exit_code, nodelist}}`` from sacct (main job lines)."""
     ids = [str(j) for j in job_ids if j]
-    if not ids or shutil.which("sacct") is None:
+    if not ids:
         return {}
-    cmd = ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,Elapsed,Start,End,ExitCode,NodeList"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if out.returncode != 0:
-        return {}
+    out = _slurm_query(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,Elapsed,Start,End,ExitCode,NodeList"])
     info: dict[str, dict[str, str]] = {}
-    for line in out.stdout.splitlines():
+    for line in out.splitlines():
         parts = line.split("|")
         if len(parts) < 7:
             continue

@@ -152,11 +152,11 @@ class ChunkLoader:
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def shard_size(self, rows: int) -> int:
-        """Examples this rank takes from a chunk of ``rows`` rows."""
-        if self.remainder == "drop":
-            return rows // self.world_size
-        return -(-rows // self.world_size)
+    def shard_size(self, rows: int, world_size: int | None = None) -> int:
+        """Examples each rank takes from a chunk of ``rows`` rows (with ``world_size`` processes,
+        default this loader's)."""
+        world = self.world_size if world_size is None else world_size
+        return rows // world if self.remainder == "drop" else -(-rows // world)
 
     def examples_per_epoch(self) -> int:
         return sum(self.shard_size(c.rows) for c in self.chunks)
@@ -198,7 +198,7 @@ class ChunkLoader:
         if state.chunk >= len(order):
             return state
         rows = self.chunks[order[state.chunk]].rows
-        old = rows // old_world_size if self.remainder == "drop" else -(-rows // old_world_size)
+        old = self.shard_size(rows, old_world_size)
         new = self.shard_size(rows)
         offset = min(new, state.offset * new // max(old, 1))
         return LoaderState(state.epoch, state.chunk, offset)
