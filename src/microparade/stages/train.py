@@ -274,30 +274,25 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
-            states = ckpt["rng"]
-            if ckpt["world_size"] == self.backend.world_size:
-                set_rng_state(states[self.backend.rank], self.backend)
-            else:
-                self.ctx.log(
-                    "checkpoint %s was written by %d process(es), now %d: RNG streams restart (not bit-exact)",
-                    name,
-                    ckpt["world_size"],
-                    self.backend.world_size,
-                )
-                seed_everything(self.tc.seed + ckpt["step"] + self.backend.rank)
             self.step = int(ckpt["step"])
             self.position = LoaderState.from_dict(ckpt["loader_state"])
-            if ckpt["world_size"] != self.backend.world_size:
-                scaled = self.loader.rescale_position(self.position, int(ckpt["world_size"]))
-                if scaled != self.position:
-                    self.ctx.log(
-                        "loader position %s of %d process(es) rescaled to %s for %d: a few examples of "
-                        "that chunk may be repeated or skipped",
-                        self.position,
-                        ckpt["world_size"],
-                        scaled,
-                        self.backend.world_size,
-                    )
+            old_world = int(ckpt["world_size"])
+            if old_world == self.backend.world_size:
+                set_rng_state(ckpt["rng"][self.backend.rank], self.backend)
+            else:
+                # Shards change size: RNG streams restart and the offset inside the current chunk
+                # is scaled to the same fraction of the new shard.
+                scaled = self.loader.rescale_position(self.position, old_world)
+                self.ctx.log(
+                    "checkpoint %s was written by %d process(es), now %d: RNG streams restart (not bit-exact); "
+                    "loader position %s rescaled to %s (a few examples of that chunk may be repeated or skipped)",
+                    name,
+                    old_world,
+                    self.backend.world_size,
+                    self.position,
+                    scaled,
+                )
+                seed_everything(self.tc.seed + self.step + self.backend.rank)
                 self.position = scaled
             self.records = list(ckpt["records"])
             self.interval = Interval.from_dict(ckpt["interval"])
