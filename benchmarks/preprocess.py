@@ -59,13 +59,13 @@ import psutil
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from microparade.cluster import dask_client
+from microparade.compute.cluster import dask_client
 from microparade.config import SPLITS, Config, build_config
-from microparade.generate import generate_dataset
-from microparade.history import select_windows, select_windows_python
-from microparade.recsys import TARGET_TIMESTAMP, TARGETS
-from microparade.runner import read_manifest, run_pipeline
-from microparade.stages.text import engagement_columns
+from microparade.stages.generate.synth import generate_dataset
+from microparade.stages.text.windows import select_windows, select_windows_python
+from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
+from microparade.engine import read_manifest, run_pipeline
+from microparade.stages.text.stage import engagement_columns
 from microparade.storage import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

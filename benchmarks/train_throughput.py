@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 import torch
 
 from microparade.config import ModelConfig
-from microparade.loader import ChunkLoader
+from microparade.model.loader import ChunkLoader
 from microparade.model import build_model, encode_batch
 from microparade.model.batching import SpecialTokens
-from microparade.recsys import TARGETS
+from microparade.recsys_format import TARGETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import update_section  # noqa: E402

@@ -3,7 +3,7 @@
 
 import sys
 
-from microparade.jobs import stage_main
+from microparade.entry import stage_main
 
 if __name__ == "__main__":
     sys.exit(stage_main("ingest"))

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from microparade.recsys import TARGETS
+from microparade.recsys_format import TARGETS
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
@@ -123,14 +123,14 @@ def run(ctx) -> None:
 
 
 def chunks_spec():
-    from microparade.stages import StageSpec
+    from microparade.engine.registry import StageSpec
 
     return StageSpec("chunks", inputs=(), config_keys=("chunks",), module="_train_helpers", description="test chunks")
 
 
 def patch_stages() -> None:
     """Make the pipeline = test chunks + the real train / evaluate stages."""
-    import microparade.stages as stages
+    import microparade.engine.registry as stages
 
     keep = [s for s in stages.STAGES if s.name in ("train", "evaluate")]
     stages.STAGES = (chunks_spec(), *keep)
@@ -155,7 +155,7 @@ def publish_chunks(
     cfg_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish chunks of the given sizes per split through the real runner; return the manifest."""
-    from microparade.runner import RunSession, code_version, run_stage
+    from microparade.engine import RunSession, code_version, run_stage
     from microparade.storage import Store
 
     # Fingerprints include a hash of the package sources, cached per process; a subprocess that

@@ -319,7 +319,7 @@ def test_emulator_restart_during_train(bucket_run, tmp_path):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bucket_run", ["gs"], indirect=True)
 def test_loader_rejects_replaced_chunk_on_gcs(bucket_run):
-    from microparade.loader import ChunkChecksumError, ChunkLoader
+    from microparade.model.loader import ChunkChecksumError, ChunkLoader
 
     run = bucket_run
     fs = run.fs()

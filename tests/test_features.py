@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from microparade import ops
+from microparade.stages.features import ops
 from microparade.config import FeaturesConfig
-from microparade.parsing import SCHEMA
-from microparade.recsys import TARGET_TIMESTAMP, TARGETS
-from microparade.stages import features as F
+from microparade.stages.ingest.parsing import SCHEMA
+from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
+from microparade.stages.features import stage as F
 
 SYNC = {"scheduler": "sync"}
 

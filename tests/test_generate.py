@@ -12,8 +12,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from microparade import recsys
-from microparade.generate import (
+from microparade import recsys_format as recsys
+from microparade.stages.generate.synth import (
     ACCOUNT_CREATION_RANGE,
     ENGLISH_LANGUAGE_ID,
     PERIOD_END,
@@ -23,7 +23,7 @@ from microparade.generate import (
     topic_vocabularies,
     topics_of_texts,
 )
-from microparade.resources import load_tokenizer
+from microparade.assets import load_tokenizer
 
 MBERT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vocab" / "bert-base-multilingual-cased"
 SPLITS = ("train", "valid", "test")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microparade.history import select_windows, select_windows_python
+from microparade.stages.text.windows import select_windows, select_windows_python
 
 IMPLS = [select_windows, select_windows_python]
 

@@ -22,9 +22,9 @@ import zstandard
 from conftest import run_cli
 
 from microparade.config import build_config
-from microparade.parsing import SCHEMA, parse_block
-from microparade.runner import StageError, run_pipeline
-from microparade.stages.ingest import _first_line_start, iter_line_pieces
+from microparade.stages.ingest.parsing import SCHEMA, parse_block
+from microparade.engine import StageError, run_pipeline
+from microparade.stages.ingest.stage import _first_line_start, iter_line_pieces
 
 def hexid(i: int) -> str:
     return f"{i:032X}"

@@ -13,20 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from microparade.cluster import expected_workers, jobqueue_kwargs
+from microparade.compute.cluster import expected_workers, jobqueue_kwargs
 from microparade.config import build_config
-from microparade.launch import (
+from microparade.slurm.dask_allocation import (
     ShellVar,
-    _check_submittable,
-    _submitit_params,
     dask_environment,
     dask_scheduler_command,
     dask_worker_command,
-    parse_time_minutes,
-    sbatch_args,
     shell_join,
-    stage_resources,
 )
+from microparade.slurm.resources import parse_time_minutes, sbatch_args, stage_resources
+from microparade.slurm.resources import submitit_params as _submitit_params
+from microparade.slurm.submit import _check_submittable
 
 from conftest import ROOT, run_cli
 
@@ -102,7 +100,17 @@ def test_submitit_parameters_render_to_the_expected_sbatch_script(tmp_path):
     # Only training gets the pre-timeout signal delay and one task per GPU.
     ingest = _submitit_params(c, "ingest")
     assert "slurm_signal_delay_s" not in ingest and "slurm_ntasks_per_node" not in ingest
-    assert ingest["slurm_job_name"] == "mp-ingest" and "nodes" not in ingest
+    assert ingest["slurm_job_name"] == "mp-ingest" and ingest["nodes"] == 1
+
+
+def test_submitit_jobs_get_the_registry_defaults_that_the_sbatch_scripts_have():
+    """With no slurm.* config, a submitit job asks for what slurm/<stage>.sbatch asks for."""
+    report = _submitit_params(cfg(), "report")
+    assert (report["nodes"], report["slurm_cpus_per_task"], report["slurm_mem"], report["slurm_time"]) == (1, 2, "4G", 30)
+    train = _submitit_params(cfg(), "train")
+    assert (train["slurm_time"], train["slurm_signal_delay_s"]) == (1440, 90)
+    # The config still wins over the registry's defaults.
+    assert _submitit_params(cfg("slurm.report.mem=1G"), "report")["slurm_mem"] == "1G"
 
 
 def test_submit_refuses_scheduler_file_without_a_scheduler(monkeypatch):
@@ -240,8 +248,8 @@ def test_slurm_scripts_parse():
 # status columns
 # ----------------------------------------------------------------------------------------------
 def test_status_columns_show_the_publishing_job_then_the_latest_recorded_one(tmp_path, monkeypatch):
-    from microparade.launch import record_job, slurm_status_columns
-    from microparade.runner import compute_status, run_pipeline
+    from microparade.slurm.records import record_job, slurm_status_columns
+    from microparade.engine import compute_status, run_pipeline
     from microparade.storage import Store
 
     c = cfg(f"run_dir={tmp_path / 'run'}", "data.generate.rows=100")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import _train_helpers as h
-from microparade.loader import ChunkChecksumError, ChunkLoader, LoaderState
+from microparade.model.loader import ChunkChecksumError, ChunkLoader, LoaderState
 
 SIZES = [23, 17, 30, 9]  # four train chunks, 79 rows
 

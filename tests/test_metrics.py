@@ -18,7 +18,7 @@ from microparade.metrics import (
     prior_metrics,
     rce_of,
 )
-from microparade.recsys import TARGETS
+from microparade.recsys_format import TARGETS
 
 # A fixed prediction set (one target): 4 positives among 12 rows.
 GT = np.array([1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 0])

@@ -15,7 +15,7 @@ from microparade.config import ModelConfig
 from microparade.model import build_model, encode_batch, load_model_bundle, model_bundle
 from microparade.model.batching import Examples, SpecialTokens, bucket_ladder
 from microparade.model.encoder import TINY_CONFIG, encoder_config, load_encoder
-from microparade.model.microparade import MicroParade
+from microparade.model.network import MicroParade
 
 SPECIALS = SpecialTokens(cls=101, sep=102, pad=0)
 
@@ -306,7 +306,7 @@ def test_local_directory_encoder(tmp_path):
 def test_minilm_encoder_real_weights():
     from safetensors.torch import load_file
 
-    from microparade.resources import minilm_path
+    from microparade.assets import minilm_path
 
     enc = load_encoder("minilm")
     assert enc.config.hidden_size == 384 and enc.config.num_hidden_layers == 6

@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import microparade.stages as stages_mod
+import microparade.engine.registry as stages_mod
 from microparade.config import build_config
 from microparade.metrics import compute_metrics
-from microparade.recsys import TARGETS
-from microparade.runner import read_manifest, run_pipeline
+from microparade.recsys_format import TARGETS
+from microparade.engine import read_manifest, run_pipeline
 from microparade.storage import Store
 
 N_FEATURES = 6

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from microparade.config import load_config
-from microparade.runner import compute_status, read_manifest, run_pipeline
+from microparade.engine import compute_status, read_manifest, run_pipeline
 from microparade.storage import Store
 
 from conftest import ROOT, run_cli

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from microparade.config import build_config
-from microparade.history import select_windows_python
-from microparade.recsys import TARGET_TIMESTAMP, TARGETS
-from microparade.runner import run_pipeline
-from microparade.stages.text import OUTPUT_SCHEMA
-from microparade.textclean import (
+from microparade.stages.text.windows import select_windows_python
+from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
+from microparade.engine import run_pipeline
+from microparade.stages.text.stage import OUTPUT_SCHEMA
+from microparade.stages.text.clean import (
     clean_token_lists,
     get_tokenizer,
     prefix_table,

@@ -16,11 +16,11 @@ import torch
 import yaml
 
 import _train_helpers as h
-from microparade.backends import BackendError, dist_env, first_host, make_backend
-from microparade.loader import ChunkLoader, LoaderState
+from microparade.compute.backends import BackendError, dist_env, first_host, make_backend
+from microparade.model.loader import ChunkLoader, LoaderState
 from microparade.metrics import compute_metrics
-from microparade.recsys import TARGETS
-from microparade.runner import run_pipeline
+from microparade.recsys_format import TARGETS
+from microparade.engine import run_pipeline
 
 #: Small, fast, deterministic training (tiny encoder, one thread).
 TRAIN = {
@@ -217,7 +217,7 @@ def test_sigusr2_checkpoint_and_exact_resume(tmp_path, stages):
 
 
 def test_stop_flag_catches_sigusr2_and_sigterm():
-    from microparade.stages.train import StopFlag
+    from microparade.stages.train.stage import StopFlag
 
     before = signal.getsignal(signal.SIGTERM)
     for sig in (signal.SIGUSR2, signal.SIGTERM):
@@ -240,7 +240,7 @@ def test_train_with_minilm(tmp_path, stages):
     assert bundle["encoder_config"]["hidden_size"] == 384
     from safetensors.torch import load_file
 
-    from microparade.resources import minilm_path
+    from microparade.assets import minilm_path
 
     disk = load_file(str(minilm_path() / "model.safetensors"))
     trained = bundle["state_dict"]["encoder.encoder.layer.0.attention.self.query.weight"]

@@ -13,31 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+from collections.abc import Callable
 
-from .config import ConfigError, load_config
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_PREEMPTED = 124
-
-
-def setup_logging(verbose: bool = False) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-        root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("microparade").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. history.size=10")
-
+from .entry import EXIT_OK, add_config_args, guarded, load_args_config, setup_logging
+from .slurm.commands import add_commands as add_slurm_commands
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="microparade", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline (skipping stages that are done)")
-    _add_config_args(p)
+    add_config_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun STAGE and everything after it")
     g.add_argument("--only", metavar="STAGE", help="run only STAGE (its inputs must be done)")
@@ -53,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun the selected stages even if done")
 
     p = sub.add_parser("status", help="show the state of every stage")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--verify", action="store_true", help="re-hash every published file (sha256)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("config", help="print the resolved configuration (or one value with --get)")
-    _add_config_args(p)
+    add_config_args(p)
     p.add_argument("--get", metavar="KEY", help="print only this dotted key's value, e.g. cluster.kind")
 
     p = sub.add_parser("generate", help="write a synthetic RecSys 2021 dataset")
@@ -72,54 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
 
-    _add_slurm_commands(sub)
+    add_slurm_commands(sub)
     return ap
 
 
-def _add_slurm_commands(sub) -> None:
-    try:
-        from .launch import add_cli_commands
-    except ImportError:
-        return
-    add_cli_commands(sub, _add_config_args)
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine.runner import run_pipeline
 
-
-def _load(args):
-    return load_config(args.config, args.overrides)
-
-
-def cmd_run(args) -> int:
-    from .runner import PreemptedError, StageError, run_pipeline
-
-    cfg = _load(args)
-    try:
-        outcome = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, until=args.until, force=args.force)
-    except PreemptedError as exc:
-        print(f"microparade: {exc}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except StageError as exc:
-        print(f"microparade: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    cfg = load_args_config(args)
+    outcome = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, until=args.until, force=args.force)
     ran = [k for k, v in outcome.items() if v == "ran"]
     skipped = [k for k, v in outcome.items() if v == "skipped"]
     print(f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} (run_dir {cfg.run_dir})")
     return EXIT_OK
 
 
-def cmd_status(args) -> int:
-    from .runner import compute_status, format_status, iter_status_rows
+def cmd_status(args: argparse.Namespace) -> int:
+    from .engine.status import compute_status, format_status, iter_status_rows
+    from .slurm.records import slurm_status_columns
     from .storage import Store
 
-    cfg = _load(args)
+    cfg = load_args_config(args)
     store = Store(cfg.run_dir, cfg.storage_options)
     statuses = compute_status(cfg, store, verify="sha256" if args.verify else "size")
-    extra = None
-    try:
-        from .launch import slurm_status_columns
-
-        extra = slurm_status_columns(cfg, statuses)
-    except ImportError:
-        pass
+    extra = slurm_status_columns(cfg, statuses)
     if args.json:
         rows = iter_status_rows(statuses)
         for r in rows:
@@ -131,8 +87,8 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
-def cmd_config(args) -> int:
-    cfg = _load(args)
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = load_args_config(args)
     if args.get:
         value = cfg.section(args.get)
         print(value if isinstance(value, str) else json.dumps(value))
@@ -141,8 +97,8 @@ def cmd_config(args) -> int:
     return EXIT_OK
 
 
-def cmd_generate(args) -> int:
-    from .generate import generate_dataset
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .stages.generate.synth import generate_dataset
 
     summary = generate_dataset(
         args.out,
@@ -163,7 +119,7 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "generate": cmd_generate}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,18 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         args.overrides = list(args.overrides) + rest
     setup_logging(args.verbose)
-    handler = COMMANDS.get(args.command)
-    if handler is None:
-        handler = args.handler
-    try:
-        return handler(args)
-    except ConfigError as exc:
-        print(f"microparade: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"microparade: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
+    handler = COMMANDS.get(args.command) or args.handler
+    return guarded(lambda: handler(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

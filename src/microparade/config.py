@@ -15,12 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
+
 SPLITS = ("train", "valid", "test")
 Split = Literal["train", "valid", "test"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message lists every problem found, one per line."""
 
 
 class Section(BaseModel):

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, log_loss
 
-from .recsys import TARGETS
+from .recsys_format import TARGETS
 
 #: Lower bounds of the 5 author-popularity groups (``a_follower_count``); the last is unbounded.
 FAIRNESS_EDGES: tuple[int, ...] = (0, 100, 1_000, 10_000, 100_000)

@@ -26,6 +26,18 @@ T = TypeVar("T")
 _CHUNK = 8 * 1024 * 1024
 
 
+def format_bytes(n: int | float | None) -> str:
+    """``1234567`` → ``"1.2 MB"`` (decimal units, as file sizes are reported); None → ``"-"``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
 def is_local_url(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 

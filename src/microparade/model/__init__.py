@@ -19,7 +19,7 @@ import torch
 
 from .batching import Examples, ModelBatch, SpecialTokens, encode_batch
 from .encoder import encoder_config, encoder_from_config, load_encoder
-from .microparade import MicroParade
+from .network import MicroParade
 
 MODEL_FORMAT = "microparade.model/1"
 

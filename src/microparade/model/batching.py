@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from ..recsys import TARGETS
+from ..recsys_format import TARGETS
 
 #: Sequence lengths are padded up to a multiple of this (the bucket ladder's step).
 BUCKET_STEP = 8

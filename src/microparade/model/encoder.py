@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..resources import minilm_path
+from ..assets import minilm_path
 
 #: Architecture of the ``tiny`` encoder (vocabulary of MiniLM, so the same token ids apply).
 TINY_CONFIG: dict[str, Any] = {

@@ -1,0 +1,278 @@
+"""The stage runner: staging, atomic publication, resumable reruns.
+
+For each selected stage in pipeline order: skip it when it is done (:mod:`.status`), else run it
+into ``{stage}/_staging/`` and publish: move the staged files into place, then write
+``_MANIFEST.json`` atomically, the commit point (see :mod:`.manifest` for the directory layout).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from ..compute.backends import process_rank
+from ..config import Config
+from ..errors import PreemptedError, StageError
+from ..slurm.env import slurm_info
+from ..storage import Store, format_bytes
+from .context import RunSession, StageContext
+from .fingerprint import code_version, git_commit, stage_fingerprint
+from .manifest import (
+    FAILED,
+    INCOMPLETE,
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    RESERVED,
+    STAGING,
+    WORK,
+    Manifest,
+    now_iso,
+    read_manifest,
+    read_marker,
+)
+from .registry import StageSpec, pipeline
+from .status import compute_status, not_done_reason
+
+log = logging.getLogger("microparade")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _check_not_running(store: Store, stage: str) -> None:
+    marker = read_marker(store, stage, INCOMPLETE)
+    if not marker:
+        return
+    if marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int):
+        if marker["pid"] != os.getpid() and _pid_alive(marker["pid"]):
+            raise StageError(
+                f"stage {stage} is already running in process {marker['pid']} on this host "
+                f"(started {marker.get('started')}); wait for it or kill it first"
+            )
+
+
+def _collect_files(ctx: StageContext) -> list[dict[str, Any]]:
+    store = ctx.store
+    files = []
+    for rel in store.walk_files(ctx.staging_rel):
+        meta = dict(ctx.file_meta.get(rel, {}))
+        srel = f"{ctx.staging_rel}/{rel}"
+        entry: dict[str, Any] = {"path": rel}
+        entry["bytes"] = int(meta.pop("bytes", None) or store.size(srel))
+        entry["sha256"] = meta.pop("sha256", None) or store.sha256(srel)
+        rows = meta.pop("rows", None)
+        if rows is None and rel.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with store.open(srel, "rb") as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+        entry["rows"] = rows
+        entry.update(meta)
+        files.append(entry)
+    return files
+
+
+def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession) -> Manifest | None:
+    """Run one stage to completion and publish it atomically; raise :class:`StageError` on failure.
+
+    Returns the published manifest, or None in a non-zero rank of a distributed launch.
+    """
+    name = spec.name
+    fingerprint, fp_parts = stage_fingerprint(cfg, spec, inputs)
+    if process_rank() > 0:
+        # A non-zero rank of a multi-process stage (torchrun, or srun with several tasks): rank 0
+        # owns the markers, the staging directory and the publication; this process only computes.
+        spec.load()(StageContext(cfg, spec, store, inputs, fingerprint, session))
+        return None
+    _check_not_running(store, name)
+    # 1. Nothing of the previous outputs is trusted from here on.
+    store.rm_file(f"{name}/{MANIFEST}")
+    store.rm_file(f"{name}/{FAILED}")
+    started = time.time()
+    marker = {
+        "stage": name,
+        "fingerprint": fingerprint,
+        "started": now_iso(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm": slurm_info(),
+        "argv": sys.argv,
+    }
+    store.write_json_atomic(f"{name}/{INCOMPLETE}", marker)
+    store.rm(f"{name}/{STAGING}")
+    store.makedirs(f"{name}/{STAGING}")
+    ctx = StageContext(cfg, spec, store, inputs, fingerprint, session)
+    log.info("[%s] running (fingerprint %s)", name, fingerprint[:12])
+    try:
+        spec.load()(ctx)
+    except PreemptedError:
+        # State was saved under _work; the stage stays incomplete and resumes on rerun.
+        log.warning("[%s] stopped on a signal after saving its state; rerun to resume", name)
+        raise
+    except BaseException as exc:
+        failed = dict(marker)
+        failed.update(
+            finished=now_iso(),
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+        try:
+            store.write_json_atomic(f"{name}/{FAILED}", failed)
+            store.rm_file(f"{name}/{INCOMPLETE}")
+        except Exception:  # pragma: no cover - storage gone; the incomplete marker stays
+            log.exception("[%s] could not record the failure", name)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise StageError(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+
+    # 2. Describe the staged files, then move them into place and commit with the manifest.
+    files = _collect_files(ctx)
+    for rel in store.walk_files(name):
+        top = rel.split("/", 1)[0]
+        if top not in RESERVED:
+            store.rm_file(f"{name}/{rel}")
+    for f in files:
+        store.move(f"{name}/{STAGING}/{f['path']}", f"{name}/{f['path']}")
+    finished = time.time()
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "stage": name,
+        "fingerprint": fingerprint,
+        "fingerprint_inputs": fp_parts,
+        "code_version": code_version(),
+        "git_commit": git_commit(),
+        "files": files,
+        "rows": ctx.total_rows
+        if ctx.total_rows is not None
+        else (sum(f["rows"] or 0 for f in files) if any(f["rows"] is not None for f in files) else None),
+        "bytes": sum(f["bytes"] for f in files),
+        "started": marker["started"],
+        "finished": now_iso(),
+        "duration_s": round(finished - started, 3),
+        "host": marker["host"],
+        "pid": marker["pid"],
+        "slurm": marker["slurm"],
+        "extra": ctx.extra,
+    }
+    store.write_json_atomic(f"{name}/{MANIFEST}", manifest)
+    store.rm_file(f"{name}/{INCOMPLETE}")
+    store.rm(f"{name}/{STAGING}")
+    if not cfg.runner.keep_work:
+        store.rm(f"{name}/{WORK}")
+    m = read_manifest(store, name)
+    assert m is not None
+    log.info(
+        "[%s] done in %.1fs: %d file(s), %s rows, %s",
+        name,
+        finished - started,
+        len(files),
+        f"{manifest['rows']:,}" if manifest["rows"] is not None else "-",
+        format_bytes(manifest["bytes"]),
+    )
+    return m
+
+
+def save_resolved_config(cfg: Config, store: Store) -> None:
+    """``{run_dir}/config.yaml``: the resolved config, ``storage_options`` values redacted
+    (they may hold credentials; the run dir is often shared)."""
+    import yaml
+
+    data = cfg.to_dict()
+    data["storage_options"] = {k: "<redacted>" for k in data["storage_options"]}
+    store.write_bytes_atomic("config.yaml", yaml.safe_dump(data, sort_keys=False).encode())
+
+
+def select_stages(cfg: Config, only: str | None = None, from_stage: str | None = None) -> list[str]:
+    names = [s.name for s in pipeline(cfg)]
+    for n in (only, from_stage):
+        if n is not None and n not in names:
+            raise StageError(f"stage {n!r} is not in this pipeline; stages: {', '.join(names)}")
+    if only:
+        return [only]
+    if from_stage:
+        return names[names.index(from_stage) :]
+    return names
+
+
+def run_pipeline(
+    cfg: Config,
+    *,
+    only: str | None = None,
+    from_stage: str | None = None,
+    until: str | None = None,
+    force: bool = False,
+) -> dict[str, str]:
+    """Run the selected stages, skipping done ones; returns ``{stage: "ran" | "skipped"}``.
+
+    ``from_stage`` forces that stage (and, through fingerprints, everything after it) to rerun;
+    ``only`` runs one stage, whose inputs must be done; ``force`` reruns every selected stage.
+    """
+    store = Store(cfg.run_dir, cfg.storage_options)
+    selected = select_stages(cfg, only, from_stage)
+    if until is not None:
+        if until not in selected:
+            raise StageError(f"--until {until!r} is not among the selected stages {selected}")
+        selected = selected[: selected.index(until) + 1]
+    save_resolved_config(cfg, store)
+    session = RunSession(cfg)
+    outcome: dict[str, str] = {}
+    manifests: dict[str, Manifest] = {}
+    try:
+        for spec in pipeline(cfg):
+            ups = {i: manifests.get(i) or read_manifest(store, i) for i in spec.inputs}
+            if spec.name not in selected:
+                m = read_manifest(store, spec.name)
+                if m is not None:
+                    manifests[spec.name] = m
+                continue
+            missing = [i for i, m in ups.items() if m is None]
+            if missing:
+                raise StageError(
+                    f"stage {spec.name} needs {', '.join(missing)}, which has not been published; "
+                    f"run without --only/--from (or with --from {missing[0]}) first"
+                )
+            inputs = {i: m for i, m in ups.items() if m is not None}
+            stale_inputs = _stale_inputs(cfg, store, spec, inputs) if (only or from_stage) and spec.name == selected[0] else []
+            if stale_inputs:
+                raise StageError(
+                    f"stage {spec.name}: input {', '.join(stale_inputs)} is stale (its config or code changed); "
+                    f"rerun from {stale_inputs[0]}"
+                )
+            forced = force or (from_stage == spec.name)
+            if not forced:
+                existing = read_manifest(store, spec.name)
+                expected, _ = stage_fingerprint(cfg, spec, inputs)
+                reason = not_done_reason(store, existing, expected, cfg.runner.verify)
+                if existing is not None and reason is None:
+                    log.info("[%s] skipped: done (fingerprint %s)", spec.name, expected[:12])
+                    manifests[spec.name] = existing
+                    outcome[spec.name] = "skipped"
+                    continue
+                if existing is not None and existing.fingerprint == expected:
+                    log.warning("[%s] published files fail verification, rerunning: %s", spec.name, reason)
+            published = run_stage(cfg, spec, store, inputs, session)
+            if published is not None:
+                manifests[spec.name] = published
+            outcome[spec.name] = "ran"
+    finally:
+        session.close()
+    return outcome
+
+
+def _stale_inputs(cfg: Config, store: Store, spec: StageSpec, inputs: dict[str, Manifest]) -> list[str]:
+    """Inputs whose own fingerprint no longer matches the config (only checked for --only/--from)."""
+    status = {s.name: s for s in compute_status(cfg, store, verify=None)}
+    return [i for i in inputs if status.get(i) is not None and status[i].state != "done"]
+
+

@@ -1,0 +1,143 @@
+"""The state of a run's stages: the one place that decides whether a stage is done.
+
+A stage is *done* when its manifest exists, its fingerprint equals the fingerprint computed now
+(code version + the stage's config sections + the input manifests' hashes) and its files verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+from ..storage import Store, format_bytes
+from .fingerprint import stage_fingerprint
+from .manifest import FAILED, INCOMPLETE, Manifest, read_manifest, read_marker, verify_files
+from .registry import pipeline
+
+
+def not_done_reason(store: Store, manifest: Manifest | None, expected: str | None, verify: str | None) -> str | None:
+    """Why a published stage is not done (None when it is): the single test of "done".
+
+    ``expected`` is the fingerprint computed now (None when an input is not done); ``verify`` is
+    ``"sha256"``, ``"size"`` or None (trust the manifest's file list without looking).
+    """
+    if manifest is None:
+        return "not published"
+    if expected is None:
+        return "an input is not done"
+    if manifest.fingerprint != expected:
+        return "fingerprint changed (config, code or inputs)"
+    if verify:
+        problems = verify_files(store, manifest, verify)
+        if problems:
+            return f"{len(problems)} file(s) fail verification: {problems[0]}"
+    return None
+
+
+@dataclass
+class StageStatus:
+    name: str
+    state: str  # done | stale | missing | incomplete | failed | blocked
+    reason: str = ""
+    fingerprint: str | None = None
+    expected: str | None = None
+    manifest: Manifest | None = None
+    marker: dict[str, Any] | None = None
+
+    @property
+    def rows(self) -> int | None:
+        return self.manifest.data.get("rows") if self.manifest else None
+
+    @property
+    def bytes(self) -> int | None:
+        return self.manifest.data.get("bytes") if self.manifest else None
+
+    @property
+    def duration_s(self) -> float | None:
+        return self.manifest.data.get("duration_s") if self.manifest else None
+
+    @property
+    def slurm_job_id(self) -> str | None:
+        for src in (self.marker, self.manifest.data if self.manifest else None):
+            if src and src.get("slurm"):
+                return src["slurm"].get("job_id")
+        return None
+
+
+def compute_status(cfg: Config, store: Store, verify: str | None = "size") -> list[StageStatus]:
+    """The state of every enabled stage, in pipeline order."""
+    out: list[StageStatus] = []
+    by_name: dict[str, StageStatus] = {}
+    for spec in pipeline(cfg):
+        manifest = read_manifest(store, spec.name)
+        failed = read_marker(store, spec.name, FAILED)
+        incomplete = read_marker(store, spec.name, INCOMPLETE)
+        ups = [by_name[i] for i in spec.inputs]
+        expected = None
+        if all(u.state == "done" for u in ups):
+            expected, _ = stage_fingerprint(cfg, spec, {u.name: u.manifest for u in ups})  # type: ignore[misc]
+        if manifest is not None:
+            st = StageStatus(spec.name, "done", fingerprint=manifest.fingerprint, expected=expected, manifest=manifest)
+            if expected is None:
+                bad = [u.name for u in ups if u.state != "done"]
+                st.state, st.reason = "stale", f"input {', '.join(bad)} not done"
+            else:
+                reason = not_done_reason(store, manifest, expected, verify)
+                if reason is not None:
+                    st.state, st.reason = "stale", reason
+        elif failed is not None:
+            st = StageStatus(spec.name, "failed", reason=str(failed.get("error", ""))[:200], marker=failed, expected=expected)
+        elif incomplete is not None:
+            st = StageStatus(spec.name, "incomplete", reason="started but never published (running or killed)", marker=incomplete, expected=expected)
+        else:
+            st = StageStatus(spec.name, "missing", expected=expected)
+        out.append(st)
+        by_name[spec.name] = st
+    return out
+
+
+def format_status(rows: list[StageStatus], extra_cols: dict[str, dict[str, str]] | None = None) -> str:
+    header = ["stage", "state", "rows", "bytes", "duration", "fingerprint"]
+    extra_names: list[str] = []
+    if extra_cols:
+        for cols in extra_cols.values():
+            for k in cols:
+                if k not in extra_names:
+                    extra_names.append(k)
+    header += extra_names + ["note"]
+    table = [header]
+    for r in rows:
+        dur = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
+        line = [
+            r.name,
+            r.state,
+            f"{r.rows:,}" if r.rows is not None else "-",
+            format_bytes(r.bytes),
+            dur,
+            (r.fingerprint or r.expected or "-")[:12],
+        ]
+        cols = (extra_cols or {}).get(r.name, {})
+        line += [cols.get(k, "-") for k in extra_names]
+        line.append(r.reason)
+        table.append(line)
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def iter_status_rows(statuses: Iterable[StageStatus]) -> list[dict[str, Any]]:
+    return [
+        {
+            "stage": s.name,
+            "state": s.state,
+            "rows": s.rows,
+            "bytes": s.bytes,
+            "duration_s": s.duration_s,
+            "fingerprint": s.fingerprint,
+            "slurm_job_id": s.slurm_job_id,
+            "reason": s.reason,
+        }
+        for s in statuses
+    ]
+

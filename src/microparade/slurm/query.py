@@ -1,0 +1,65 @@
+"""Read-only questions to Slurm, in one place: the queue (squeue), accounting (sacct), one job's state.
+
+Every function answers "nothing known" (empty, or None) when Slurm is absent, times out or fails:
+callers decide what that means. Nothing else in microparade runs squeue or sacct.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import subprocess
+
+
+def slurm_query(cmd: list[str]) -> str:
+    """stdout of a read-only Slurm command; empty when Slurm is absent, times out or fails."""
+    if shutil.which(cmd[0]) is None:
+        return ""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+def queued_jobs() -> dict[str, str]:
+    """``{job_id: state}`` of this user's jobs that Slurm still holds (pending, running, requeued...).
+
+    Read from ``squeue`` (the controller itself) rather than ``sacct``: accounting lags the
+    scheduler, and a job submitted a moment ago must already count as queued. Empty without Slurm.
+    """
+    out = slurm_query(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"])
+    jobs = {}
+    for line in out.splitlines():
+        jid, sep, state = line.strip().partition("|")
+        if sep:
+            jobs[jid.split("_")[0]] = state
+    return jobs
+
+
+def sacct_info(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """``{job_id: {state, elapsed, start, end, exit_code, nodelist}}`` from sacct (main job lines)."""
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        return {}
+    out = slurm_query(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,Elapsed,Start,End,ExitCode,NodeList"])
+    info: dict[str, dict[str, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) < 7:
+            continue
+        jid = parts[0].split("_")[0]
+        info[jid] = {
+            "state": parts[1].split()[0] if parts[1] else "",
+            "elapsed": parts[2],
+            "start": parts[3],
+            "end": parts[4],
+            "exit_code": parts[5],
+            "nodelist": parts[6],
+        }
+    return info
+
+
+def job_state(job_id: str) -> str | None:
+    """The controller's current state of a job (``RUNNING``, ``COMPLETING``...), None if unknown."""
+    return slurm_query(["squeue", "-h", "-j", str(job_id), "-o", "%T"]).strip() or None

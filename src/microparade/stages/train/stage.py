@@ -1,0 +1,548 @@
+"""train stage: MicroParade trained end to end on the chunks, with exact, resumable checkpoints.
+
+Reads ``{run_dir}/chunks`` (training split) through the hot-swap :class:`~microparade.loader.ChunkLoader`
+and writes, under the stage directory:
+
+- ``model.pt`` — weights + everything inference needs (:mod:`microparade.model`);
+- ``metrics.jsonl`` — one JSON object per log step: ``step``, ``epoch``, ``examples`` (all ranks,
+  cumulative), ``loss`` and ``loss_{like,retweet,reply,quote}`` (means over the steps since the
+  previous record, all ranks), ``lr``, ``examples_per_s``, ``data_efficiency`` (content tokens /
+  encoded tokens over the same steps);
+- ``tb/`` — the same scalars as TensorBoard events;
+- manifest ``extra``: steps, examples, final loss, data efficiency, backend, world size, …
+
+Optimisation: Adam (or AdamW) at ``train.lr`` after a linear warm-up of ``train.warmup_steps``,
+gradient-norm clipping, mean binary cross-entropy over the 4 engagements. ``train.batch_size`` is
+per process. Training stops after ``train.epochs`` epochs or ``train.max_steps`` steps
+(when > 0), whichever comes first.
+
+Determinism: Python, NumPy and torch generators are seeded from ``train.seed``, the data order from
+the loader's seeded permutations, and deterministic algorithms are requested; on CPU the same
+config gives bit-identical weights and losses. Only timing fields (``examples_per_s``, TensorBoard
+wall times) vary between runs.
+
+Checkpoints (model, optimizer, scheduler, every rank's RNG states, the loader position, the metrics
+so far) are written every ``train.checkpoint_every`` steps and when SIGUSR2 or SIGTERM arrives (the
+handler only sets a flag; the checkpoint is taken at the next step boundary, then the stage raises
+:class:`~microparade.runner.PreemptedError` and the CLI exits 124 so a launcher can requeue).
+They live under ``{run_dir}/train/_work/checkpoints/``, written atomically, the last two kept. On
+start the newest checkpoint whose fingerprint equals the stage's is restored and training goes on
+from the exact example where it stopped, giving the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...compute.backends import Backend, available_cpus, make_backend
+from ...model.loader import ChunkLoader, LoaderState
+from ...model import build_model, encode_batch, model_bundle
+from ...model.batching import SpecialTokens
+from ...recsys_format import TARGETS
+from ...errors import PreemptedError, StageError
+from ...storage import retry
+
+CHECKPOINT_FORMAT = "microparade.train-checkpoint/1"
+CHECKPOINT_DIR = "checkpoints"
+KEEP_CHECKPOINTS = 2
+STOP_SIGNALS = ("SIGUSR2", "SIGTERM")
+
+
+# ----------------------------------------------------------------------------------------------
+# signals
+# ----------------------------------------------------------------------------------------------
+class StopFlag:
+    """Set by SIGUSR2 / SIGTERM; read at step boundaries (a handler must not do real work)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def install(self) -> bool:
+        """Install the handlers (only possible in the main thread); False if they could not be."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state
+# ----------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(backend: Backend) -> dict[str, Any]:
+    """This process's generator states as plain types and tensors (``weights_only`` loadable)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        **backend.rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], backend: Backend) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    backend.set_rng_state(state)
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Interval:
+    """Sums over the steps since the last log record (this process only)."""
+
+    steps: int = 0
+    loss: list[float] = field(default_factory=lambda: [0.0] * len(TARGETS))
+    examples: int = 0
+    valid_tokens: int = 0
+    encoded_tokens: int = 0
+
+    def add(self, per_target: list[float], examples: int, valid: int, encoded: int) -> None:
+        self.steps += 1
+        self.loss = [a + b for a, b in zip(self.loss, per_target)]
+        self.examples += examples
+        self.valid_tokens += valid
+        self.encoded_tokens += encoded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "loss": list(self.loss),
+            "examples": self.examples,
+            "valid_tokens": self.valid_tokens,
+            "encoded_tokens": self.encoded_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interval:
+        return cls(int(d["steps"]), [float(x) for x in d["loss"]], int(d["examples"]), int(d["valid_tokens"]), int(d["encoded_tokens"]))
+
+
+def _efficiency(valid: float, encoded: float) -> float | None:
+    return round(valid / encoded, 6) if encoded else None
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+# ----------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, ctx, backend: Backend, stop: StopFlag):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.tc = ctx.cfg.train
+        self.backend = backend
+        self.stop = stop
+        self.chunks = ctx.input("chunks")
+        extra = self.chunks.extra
+        for key in ("feature_names", "normalization", "history_size", "max_length", "special_tokens"):
+            if key not in extra:
+                raise StageError(f"the chunks manifest's extra lacks {key!r}; rerun the chunks stage")
+        self.extra = extra
+        self.specials = SpecialTokens.from_manifest(extra["special_tokens"])
+        self.max_length = int(extra["max_length"])
+
+        seed_everything(self.tc.seed)
+        self.model = build_model(self.cfg.model, extra, seed=self.tc.seed)
+        self.module = backend.wrap(self.model)
+        opt_cls = torch.optim.AdamW if self.tc.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        warmup = self.tc.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.loader = ChunkLoader(
+            self.chunks.data,
+            self.chunks.url(),
+            "train",
+            batch_size=self.tc.batch_size,
+            rank=backend.rank,
+            world_size=backend.world_size,
+            seed=self.tc.seed,
+            shuffle=True,
+            remainder="drop",
+            drop_last=self.tc.static_shapes,
+            storage_options=ctx.store.storage_options,
+        )
+        if not self.loader.chunks:
+            raise StageError("the chunks manifest lists no chunk of the train split")
+        per_epoch = self.loader.batches_per_epoch()
+        if per_epoch == 0:
+            raise StageError(
+                f"the train split gives no batch of {self.tc.batch_size} per process "
+                f"({self.loader.examples_per_epoch()} examples per process and epoch)"
+            )
+        total = per_epoch * self.tc.epochs
+        self.total_steps = min(total, self.tc.max_steps) if self.tc.max_steps else total
+
+        # progress state (restored from a checkpoint)
+        self.step = 0
+        self.position = LoaderState(0, 0, 0)
+        self.records: list[dict[str, Any]] = []
+        self.interval = Interval()
+        self.totals = {"examples": 0, "valid_tokens": 0, "encoded_tokens": 0}
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        #: Examples since the interval timer started (not checkpointed: a resumed run's first
+        #: interval is timed from the resume on).
+        self.timed_examples = 0
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @property
+    def _ckpt_rel(self) -> str:
+        return f"{self.ctx.work_rel}/{CHECKPOINT_DIR}"
+
+    def _checkpoint_files(self) -> list[str]:
+        return sorted(f for f in self.ctx.store.walk_files(self._ckpt_rel) if f.startswith("ckpt-") and f.endswith(".pt"))
+
+    def save_checkpoint(self) -> None:
+        states = self.backend.all_gather_object(rng_state(self.backend))
+        if self.backend.is_main:
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": self.ctx.fingerprint,
+                "step": self.step,
+                "world_size": self.backend.world_size,
+                "loader_state": self.position.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": states,
+                "records": self.records,
+                "interval": self.interval.to_dict(),
+                "totals": dict(self.totals),
+            }
+            buf = io.BytesIO()
+            torch.save(payload, buf)
+            name = f"ckpt-{self.step:09d}.pt"
+            self.ctx.store.write_bytes_atomic(f"{self._ckpt_rel}/{name}", buf.getvalue())
+            for old in self._checkpoint_files()[:-KEEP_CHECKPOINTS]:
+                self.ctx.store.rm_file(f"{self._ckpt_rel}/{old}")
+            self.ctx.log("checkpoint %s at step %d (%s)", name, self.step, self.position)
+        self.backend.barrier()
+
+    def restore_checkpoint(self) -> bool:
+        """Restore the newest checkpoint of this fingerprint; False when there is none."""
+        for name in reversed(self._checkpoint_files()):
+            rel = f"{self._ckpt_rel}/{name}"
+            try:
+                raw = self.ctx.store.read_bytes(rel)
+                ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            except Exception as exc:  # a truncated or foreign file: fall back to an older one
+                self.ctx.log("ignoring checkpoint %s: unreadable (%s)", name, exc)
+                continue
+            if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("fingerprint") != self.ctx.fingerprint:
+                self.ctx.log("ignoring checkpoint %s: made for another fingerprint (config, code or inputs changed)", name)
+                continue
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.step = int(ckpt["step"])
+            self.position = LoaderState.from_dict(ckpt["loader_state"])
+            old_world = int(ckpt["world_size"])
+            if old_world == self.backend.world_size:
+                set_rng_state(ckpt["rng"][self.backend.rank], self.backend)
+            else:
+                # Shards change size: RNG streams restart and the offset inside the current chunk
+                # is scaled to the same fraction of the new shard.
+                scaled = self.loader.rescale_position(self.position, old_world)
+                self.ctx.log(
+                    "checkpoint %s was written by %d process(es), now %d: RNG streams restart (not bit-exact); "
+                    "loader position %s rescaled to %s (a few examples of that chunk may be repeated or skipped)",
+                    name,
+                    old_world,
+                    self.backend.world_size,
+                    self.position,
+                    scaled,
+                )
+                seed_everything(self.tc.seed + self.step + self.backend.rank)
+                self.position = scaled
+            self.records = list(ckpt["records"])
+            self.interval = Interval.from_dict(ckpt["interval"])
+            self.totals = {k: int(v) for k, v in ckpt["totals"].items()}
+            self.ctx.log("resumed from checkpoint %s: step %d, %s", name, self.step, self.position)
+            return True
+        return False
+
+    # -- one step ---------------------------------------------------------------------------------
+    def train_step(self, batch) -> tuple[list[float], int, int]:
+        if not batch.examples.labelled:
+            raise StageError("the train split has rows without labels; the chunks stage must not produce them")
+        mb = encode_batch(
+            batch.examples,
+            specials=self.specials,
+            max_length=self.max_length,
+            encoding=self.tc.encoding,
+            token_budget=self.tc.token_budget,
+            static_shapes=self.tc.static_shapes,
+            use_text=self.cfg.model.use_text,
+        ).to(self.backend.device)
+        self.module.train()
+        logits = self.module(mb)
+        per_target = F.binary_cross_entropy_with_logits(logits, mb.labels, reduction="none").mean(dim=0)
+        loss = per_target.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.optimizer.step()
+        self.scheduler.step()
+        return per_target.detach().double().cpu().tolist(), mb.valid_tokens, mb.encoded_tokens
+
+    # -- logging --------------------------------------------------------------------------------
+    def make_record(self, epoch: int, seconds: float) -> dict[str, Any]:
+        iv = self.interval
+        vals = self.backend.all_reduce_values(
+            [*iv.loss, iv.steps, iv.examples, iv.valid_tokens, iv.encoded_tokens, self.timed_examples], op="sum"
+        )
+        n = len(TARGETS)
+        world = self.backend.world_size
+        steps = vals[n] / world
+        per_target = [v / (steps * world) for v in vals[:n]]
+        examples, valid, encoded, timed = int(vals[n + 1]), vals[n + 2], vals[n + 3], vals[n + 4]
+        self.totals["examples"] += examples
+        record: dict[str, Any] = {
+            "step": self.step,
+            "epoch": epoch,
+            "examples": self.totals["examples"],
+            "loss": float(np.mean(per_target)),
+            **{f"loss_{t}": per_target[i] for i, t in enumerate(TARGETS)},
+            "lr": self.last_lr,
+            "examples_per_s": round(timed / seconds, 3) if seconds > 0 else None,
+            "data_efficiency": _efficiency(valid, encoded),
+        }
+        self.totals["valid_tokens"] += int(valid)
+        self.totals["encoded_tokens"] += int(encoded)
+        self.interval = Interval()
+        self.timed_examples = 0
+        return record
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, writer) -> None:
+        resumed = self.restore_checkpoint()
+        if writer is not None:
+            for r in self.records:
+                _write_scalars(writer, r)
+        if resumed and self.step >= self.total_steps:
+            return
+        bar = None
+        if self.backend.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr)
+        self.ctx.log(
+            "training on %s: %d step(s) of %d example(s) per process, %d chunk(s), encoding %s",
+            self.backend.describe(),
+            self.total_steps,
+            self.tc.batch_size,
+            len(self.loader),
+            self.tc.encoding,
+        )
+        t_interval = time.perf_counter()
+        done = False
+        try:
+            for epoch in range(self.position.epoch, self.tc.epochs):
+                start = self.position if self.position.epoch == epoch else None
+                for batch in self.loader.epoch(epoch, start):
+                    per_target, valid, encoded = self.train_step(batch)
+                    self.step += 1
+                    self.position = batch.state
+                    self.interval.add(per_target, len(batch), valid, encoded)
+                    self.timed_examples += len(batch)
+                    if bar is not None:
+                        bar.update(1)
+                    done = self.step >= self.total_steps
+                    if self.step % self.tc.log_every == 0 or done:
+                        now = time.perf_counter()
+                        self._log(self.make_record(epoch, now - t_interval), writer)
+                        t_interval = now
+                    if done:
+                        break
+                    stop = self._stop_requested()
+                    if stop or self.step % self.tc.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if stop:
+                        raise PreemptedError(
+                            f"stopped on {self.stop.signal or 'a signal on another rank'} at step {self.step}; "
+                            f"checkpoint saved, rerun to resume"
+                        )
+                if done:
+                    break
+                self.position = LoaderState(epoch + 1, 0, 0)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got a stop signal (all ranks must checkpoint at the same step)."""
+        flag = 1.0 if self.stop else 0.0
+        return self.backend.all_reduce_values([flag], op="max")[0] > 0
+
+    def _log(self, record: dict[str, Any], writer) -> None:
+        self.records.append(record)
+        if writer is not None:
+            _write_scalars(writer, record)
+        if not self.backend.is_main:
+            return
+        eff = record["data_efficiency"]
+        self.ctx.log(
+            "step %d/%d epoch %d loss %.4f lr %.2e %s ex/s data efficiency %s",
+            record["step"],
+            self.total_steps,
+            record["epoch"],
+            record["loss"],
+            record["lr"],
+            record["examples_per_s"],
+            f"{eff:.3f}" if eff is not None else "-",
+        )
+
+    # -- outputs --------------------------------------------------------------------------------
+    def write_outputs(self) -> None:
+        ctx = self.ctx
+        buf = io.BytesIO()
+        torch.save(model_bundle(self.model, self.cfg.model, self.extra), buf)
+        with ctx.open_out("model.pt") as f:
+            f.write(buf.getvalue())
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
+        with ctx.open_out("metrics.jsonl") as f:
+            f.write(lines.encode())
+        last = self.records[-1] if self.records else {}
+        ctx.extra.update(
+            steps=self.step,
+            examples=self.totals["examples"],
+            epochs=self.tc.epochs,
+            final_loss=last.get("loss"),
+            final_loss_per_target={t: last.get(f"loss_{t}") for t in TARGETS},
+            data_efficiency=_efficiency(self.totals["valid_tokens"], self.totals["encoded_tokens"]),
+            encoding=self.tc.encoding,
+            backend=self.backend.name,
+            world_size=self.backend.world_size,
+            batch_size_per_process=self.tc.batch_size,
+            parameters=sum(p.numel() for p in self.model.parameters()),
+        )
+
+
+def _write_scalars(writer, record: dict[str, Any]) -> None:
+    step = record["step"]
+    for key in ("loss", *(f"loss_{t}" for t in TARGETS), "lr", "examples_per_s", "data_efficiency"):
+        if record.get(key) is not None:
+            writer.add_scalar(f"train/{key}", record[key], step)
+
+
+# ----------------------------------------------------------------------------------------------
+# stage entry point
+# ----------------------------------------------------------------------------------------------
+def run(ctx) -> None:
+    stop = StopFlag()
+    if not stop.install():
+        ctx.log("not in the main thread: SIGUSR2/SIGTERM checkpointing is off")
+    tc = ctx.cfg.train
+    previous_threads = torch.get_num_threads()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    backend = make_backend(tc.backend).setup()
+    try:
+        # Always set the thread count: starting a Dask cluster earlier in the same process sets
+        # OMP_NUM_THREADS=1, so relying on torch's default would make a full run and a resumed
+        # train-only run use different thread counts (and different floating-point results).
+        torch.set_num_threads(tc.num_threads or available_cpus())
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        trainer = Trainer(ctx, backend, stop)
+        try:
+            with _tensorboard(ctx, backend.is_main) as writer:
+                trainer.fit(writer)
+        finally:
+            trainer.loader.close()
+        if backend.is_main:
+            trainer.write_outputs()
+        backend.barrier()
+    finally:
+        stop.restore()
+        backend.shutdown()
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+
+
+class _tensorboard:
+    """A SummaryWriter under ``tb/`` of the stage's outputs (main process only).
+
+    Event files are written locally: straight into the staging directory for a local run_dir, else
+    into a temporary directory uploaded when training ends. A resumed run starts a new event file
+    and first rewrites the earlier scalars from the checkpoint's records (a rerun clears staging).
+    """
+
+    def __init__(self, ctx, enabled: bool):
+        self.ctx = ctx
+        self.enabled = enabled
+        self.writer = None
+        self.tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.ctx.store.local:
+            log_dir = self.ctx.out_path("tb")
+        else:
+            self.tmp = tempfile.TemporaryDirectory(prefix="microparade-tb-")
+            log_dir = self.tmp.name
+        self.writer = SummaryWriter(log_dir=log_dir)
+        return self.writer
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        if self.tmp is not None:
+            try:
+                if exc[0] is None:
+                    for root, _, files in os.walk(self.tmp.name):
+                        for name in files:
+                            local = os.path.join(root, name)
+                            rel = os.path.relpath(local, self.tmp.name).replace(os.sep, "/")
+                            data = open(local, "rb").read()
+                            retry(
+                                lambda: self.ctx.store.fs.pipe_file(self.ctx.out_path(f"tb/{rel}"), data),
+                                what=f"upload tb/{rel}",
+                            )
+            finally:
+                self.tmp.cleanup()
