@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Run the evaluate stage alone: `python jobs/evaluate.py CONFIG [key=value ...] [--force]`."""
+# Generated from the stage registry (src/microparade/engine/registry.py) by `python -m microparade.slurm.scripts`.
 
 import sys
 

@@ -66,7 +66,7 @@ mp_dask_stage() {
 # so the stage checkpoints, but the job is then already stopping and Slurm's decision stands: it
 # is requeued only while it is still RUNNING (never after scancel). A stage killed by SIGUSR2
 # before it installed its handler is requeued as well (it resumes from its last periodic
-# checkpoint). Jobs need --requeue and --open-mode=append (train.sbatch sets both).
+# checkpoint). Jobs need --requeue and --open-mode=append (the scripts of requeue stages set both).
 mp_requeueing() {
   local stage=$1; shift
   local launcher=()

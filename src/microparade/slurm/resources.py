@@ -137,9 +137,13 @@ def submitit_params(cfg: Config, stage: str | StageSpec) -> dict[str, Any]:
     return params
 
 
-def site_script() -> Path | None:
-    """``slurm/site.sh`` of the checkout (``$MICROPARADE_HOME``, else the one this package is in), if any."""
+def checkout() -> Path:
+    """The microparade checkout: ``$MICROPARADE_HOME``, else the one this package is in."""
     home = os.environ.get("MICROPARADE_HOME")
-    root = Path(home) if home else Path(__file__).resolve().parents[3]
-    path = root / "slurm" / "site.sh"
+    return Path(home) if home else Path(__file__).resolve().parents[3]
+
+
+def site_script() -> Path | None:
+    """``slurm/site.sh`` of the :func:`checkout`, if any."""
+    path = checkout() / "slurm" / "site.sh"
     return path if path.is_file() else None
