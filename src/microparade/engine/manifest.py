@@ -101,12 +101,3 @@ def verify_files(store: Store, manifest: Manifest, level: str) -> list[str]:
         if level == "sha256" and store.sha256(rel) != f["sha256"]:
             problems.append(f"{rel}: sha256 differs from the manifest")
     return problems
-
-
-def read_marker(store: Store, stage: str, name: str) -> dict[str, Any] | None:
-    if not store.exists(stage, name):
-        return None
-    try:
-        return store.read_json(f"{stage}/{name}")
-    except (json.JSONDecodeError, OSError):
-        return {"error": "unreadable marker"}

@@ -8,9 +8,6 @@ into ``{stage}/_staging/`` and publish: move the staged files into place, then w
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import sys
 import time
 import traceback
 from typing import Any
@@ -18,7 +15,6 @@ from typing import Any
 from ..compute.backends import process_rank
 from ..config import Config
 from ..errors import PreemptedError, StageError
-from ..slurm.env import slurm_info
 from ..storage import Store, format_bytes
 from .context import RunSession, StageContext
 from .fingerprint import code_version, git_commit, stage_fingerprint
@@ -33,33 +29,12 @@ from .manifest import (
     Manifest,
     now_iso,
     read_manifest,
-    read_marker,
 )
+from .markers import check_not_running, owner_marker
 from .registry import StageSpec, pipeline
 from .status import compute_status, not_done_reason
 
 log = logging.getLogger("microparade")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def _check_not_running(store: Store, stage: str) -> None:
-    marker = read_marker(store, stage, INCOMPLETE)
-    if not marker:
-        return
-    if marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int):
-        if marker["pid"] != os.getpid() and _pid_alive(marker["pid"]):
-            raise StageError(
-                f"stage {stage} is already running in process {marker['pid']} on this host "
-                f"(started {marker.get('started')}); wait for it or kill it first"
-            )
 
 
 def _collect_files(ctx: StageContext) -> list[dict[str, Any]]:
@@ -83,50 +58,52 @@ def _collect_files(ctx: StageContext) -> list[dict[str, Any]]:
     return files
 
 
-def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession) -> Manifest | None:
+def run_stage(
+    cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession
+) -> Manifest | None:
     """Run one stage to completion and publish it atomically; raise :class:`StageError` on failure.
 
     Returns the published manifest, or None in a non-zero rank of a distributed launch.
     """
-    name = spec.name
     fingerprint, fp_parts = stage_fingerprint(cfg, spec, inputs)
+    ctx = StageContext(cfg, spec, store, inputs, fingerprint, session)
     if process_rank() > 0:
         # A non-zero rank of a multi-process stage (torchrun, or srun with several tasks): rank 0
         # owns the markers, the staging directory and the publication; this process only computes.
-        spec.load()(StageContext(cfg, spec, store, inputs, fingerprint, session))
+        spec.load()(ctx)
         return None
-    _check_not_running(store, name)
-    # 1. Nothing of the previous outputs is trusted from here on.
+    started = time.time()
+    marker = _begin(ctx)
+    log.info("[%s] running (fingerprint %s)", spec.name, fingerprint[:12])
+    _execute(ctx, marker)
+    return _publish(ctx, marker, fp_parts, started)
+
+
+def _begin(ctx: StageContext) -> dict[str, Any]:
+    """Distrust the previous outputs, mark the stage incomplete and give it a fresh staging dir."""
+    store, name = ctx.store, ctx.name
+    check_not_running(store, name)
     store.rm_file(f"{name}/{MANIFEST}")
     store.rm_file(f"{name}/{FAILED}")
-    started = time.time()
-    marker = {
-        "stage": name,
-        "fingerprint": fingerprint,
-        "started": now_iso(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "slurm": slurm_info(),
-        "argv": sys.argv,
-    }
+    marker = owner_marker(name, ctx.fingerprint)
     store.write_json_atomic(f"{name}/{INCOMPLETE}", marker)
     store.rm(f"{name}/{STAGING}")
     store.makedirs(f"{name}/{STAGING}")
-    ctx = StageContext(cfg, spec, store, inputs, fingerprint, session)
-    log.info("[%s] running (fingerprint %s)", name, fingerprint[:12])
+    return marker
+
+
+def _execute(ctx: StageContext, marker: dict[str, Any]) -> None:
+    """Call the stage; a failure is recorded in ``_FAILED.json`` and raised as :class:`StageError`."""
+    store, name = ctx.store, ctx.name
     try:
-        spec.load()(ctx)
+        ctx.spec.load()(ctx)
     except PreemptedError:
         # State was saved under _work; the stage stays incomplete and resumes on rerun.
         log.warning("[%s] stopped on a signal after saving its state; rerun to resume", name)
         raise
     except BaseException as exc:
         failed = dict(marker)
-        failed.update(
-            finished=now_iso(),
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(),
-        )
+        failed.update(finished=now_iso(), error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         try:
             store.write_json_atomic(f"{name}/{FAILED}", failed)
             store.rm_file(f"{name}/{INCOMPLETE}")
@@ -136,26 +113,29 @@ def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Mani
             raise
         raise StageError(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
 
-    # 2. Describe the staged files, then move them into place and commit with the manifest.
+
+def _publish(ctx: StageContext, marker: dict[str, Any], fp_parts: dict[str, Any], started: float) -> Manifest:
+    """Describe the staged files, move them into place, then commit with the manifest."""
+    store, name = ctx.store, ctx.name
     files = _collect_files(ctx)
     for rel in store.walk_files(name):
-        top = rel.split("/", 1)[0]
-        if top not in RESERVED:
+        if rel.split("/", 1)[0] not in RESERVED:
             store.rm_file(f"{name}/{rel}")
     for f in files:
         store.move(f"{name}/{STAGING}/{f['path']}", f"{name}/{f['path']}")
     finished = time.time()
+    rows = ctx.total_rows
+    if rows is None and any(f["rows"] is not None for f in files):
+        rows = sum(f["rows"] or 0 for f in files)
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "stage": name,
-        "fingerprint": fingerprint,
+        "fingerprint": ctx.fingerprint,
         "fingerprint_inputs": fp_parts,
         "code_version": code_version(),
         "git_commit": git_commit(),
         "files": files,
-        "rows": ctx.total_rows
-        if ctx.total_rows is not None
-        else (sum(f["rows"] or 0 for f in files) if any(f["rows"] is not None for f in files) else None),
+        "rows": rows,
         "bytes": sum(f["bytes"] for f in files),
         "started": marker["started"],
         "finished": now_iso(),
@@ -168,19 +148,15 @@ def run_stage(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Mani
     store.write_json_atomic(f"{name}/{MANIFEST}", manifest)
     store.rm_file(f"{name}/{INCOMPLETE}")
     store.rm(f"{name}/{STAGING}")
-    if not cfg.runner.keep_work:
+    if not ctx.cfg.runner.keep_work:
         store.rm(f"{name}/{WORK}")
-    m = read_manifest(store, name)
-    assert m is not None
-    log.info(
-        "[%s] done in %.1fs: %d file(s), %s rows, %s",
-        name,
-        finished - started,
-        len(files),
-        f"{manifest['rows']:,}" if manifest["rows"] is not None else "-",
-        format_bytes(manifest["bytes"]),
-    )
-    return m
+    published = read_manifest(store, name)
+    if published is None:
+        raise StageError(f"stage {name}: the manifest just written to {store.url(name, MANIFEST)} does not read back")
+    shown_rows = f"{rows:,}" if rows is not None else "-"
+    log.info("[%s] done in %.1fs: %d file(s), %s rows, %s", name, finished - started, len(files), shown_rows,
+             format_bytes(manifest["bytes"]))
+    return published
 
 
 def save_resolved_config(cfg: Config, store: Store) -> None:

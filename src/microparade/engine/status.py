@@ -13,7 +13,8 @@ from typing import Any
 from ..config import Config
 from ..storage import Store, format_bytes
 from .fingerprint import stage_fingerprint
-from .manifest import FAILED, INCOMPLETE, Manifest, read_manifest, read_marker, verify_files
+from .manifest import FAILED, INCOMPLETE, Manifest, read_manifest, verify_files
+from .markers import read_marker
 from .registry import pipeline
 
 

@@ -1,6 +1,6 @@
 """Slurm: job state queries (one place), job records, resources, submission, Dask in an allocation.
 
-Modules: :mod:`.env` (this job's Slurm variables), :mod:`.query` (squeue/sacct/scontrol),
+Modules: :mod:`.query` (squeue/sacct/scontrol),
 :mod:`.records` (``{run_dir}/_slurm/jobs.json``), :mod:`.resources` (a stage's resources as
 sbatch flags and submitit parameters), :mod:`.scripts` (the sbatch scripts, rendered from the
 registry), :mod:`.plan` (pending stages), :mod:`.submit` (submitit, requeue, cancel),
