@@ -5,13 +5,13 @@ docs/data-format.md §4) plus a table of quarantined lines with a reason code. E
 touches every byte runs in numpy or Arrow compute kernels over the whole block:
 
 1. numpy finds line starts (``\\n``), field separators (``\\x01``), ``\\r\\n`` endings and non-ASCII
-   bytes for the whole block at once;
+   bytes for the whole block at once (:func:`_split_lines`, :func:`_ascii_copy`);
 2. the block is turned into *one* Arrow string in which line terminators are also ``\\x01``, split
    once with ``split_pattern``; field ``j`` of line ``i`` is then element ``field_start[i] + j`` of
-   that flat array, so each column is a single ``take``;
+   that flat array, so each column is a single ``take`` (:func:`_flat_fields`);
 3. each column is validated with one anchored RE2 regex (``match_substring_regex``); the first
-   failing field in file order names the reason of a line;
-4. valid rows are converted with Arrow casts (lists via ``split_pattern`` on tabs).
+   failing field in file order names the reason of a line (:func:`_check_fields`);
+4. valid rows are converted with Arrow casts, lists via ``split_pattern`` on tabs (:func:`_typed_table`).
 
 Every valid field value is ASCII (digits, upper-case hex, fixed words), so a line with a byte
 >= 0x80 can never be valid. Before step 2 such bytes are replaced by ``?`` (which no field accepts),
@@ -173,17 +173,69 @@ def parse_block(
     sorted file list: together they make ``row_id``. ``counts`` are the accepted field counts
     (see :func:`field_counts`); label columns of 20-field lines are null.
     """
+    counts = _check_arguments(data, file_index, offset, counts)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    lines = _split_lines(buf)
+    ascii_buf, bad_utf8 = _ascii_copy(data, buf, lines)
+    flat, field_start = _flat_fields(ascii_buf, lines)
+
+    # A line's reason is the first check it fails, in REASONS order; blank lines are not rows.
+    code = np.zeros(lines.count, dtype=np.int8)
+    field_of = np.full(lines.count, -1, dtype=np.int16)
+    code[bad_utf8] = _CODE[BAD_UTF8]
+    code[(code == 0) & ~np.isin(lines.n_fields, counts)] = _CODE[FIELD_COUNT]
+    code[lines.blank] = 0
+    cand = np.flatnonzero(~lines.blank & (code == 0))
+    cand_code, cand_field, raw_columns = _check_fields(flat, field_start[cand], lines.n_fields[cand])
+    code[cand] = cand_code
+    field_of[cand] = cand_field
+
+    good = cand_code == 0
+    row_ids = (file_index << ROW_ID_SHIFT) | (offset + lines.starts[cand[good]])
+    return ParsedBlock(
+        table=_typed_table(row_ids, raw_columns, good),
+        quarantine=_quarantine_table(data, lines, code, field_of),
+        n_lines=lines.count,
+        n_blank=int(lines.blank.sum()),
+    )
+
+
+def _check_arguments(data: bytes, file_index: int, offset: int, counts: Collection[int]) -> tuple[int, ...]:
+    """Check that ``row_id`` can encode the block's lines; return the accepted field counts, largest first."""
     if not 0 <= file_index <= MAX_FILE_INDEX:
         raise ValueError(f"file index {file_index} does not fit in a row_id (max {MAX_FILE_INDEX})")
     if offset < 0 or offset + len(data) > (1 << ROW_ID_SHIFT):
         raise ValueError(f"byte offsets up to {offset + len(data)} do not fit in a row_id (files must be < 1 TiB)")
-    counts = tuple(sorted(set(counts), reverse=True))
-    if not counts or any(c not in (N_FIELDS_LABELED, N_FIELDS_TEST) for c in counts):
-        raise ValueError(f"field counts must be {N_FIELDS_LABELED} and/or {N_FIELDS_TEST}, got {counts}")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    size = buf.size
+    accepted = tuple(sorted(set(counts), reverse=True))
+    if not accepted or any(c not in (N_FIELDS_LABELED, N_FIELDS_TEST) for c in accepted):
+        raise ValueError(f"field counts must be {N_FIELDS_LABELED} and/or {N_FIELDS_TEST}, got {accepted}")
+    return accepted
 
-    # -- lines ------------------------------------------------------------------------------
+
+@dataclass
+class _Lines:
+    """Where the lines of a block are (one entry per line, empty lines included)."""
+
+    starts: np.ndarray  # byte offset of the line's first byte
+    content_end: np.ndarray  # byte offset just past its content (before "\r\n" or "\n")
+    cr: np.ndarray  # the line ends with "\r" (dropped from its content)
+    n_fields: np.ndarray  # \x01-separated fields of the content
+    newlines: np.ndarray  # byte offsets of every "\n" of the block
+
+    @property
+    def count(self) -> int:
+        """Number of lines."""
+        return int(self.starts.size)
+
+    @property
+    def blank(self) -> np.ndarray:
+        """Whether each line is empty."""
+        return self.content_end == self.starts
+
+
+def _split_lines(buf: np.ndarray) -> _Lines:
+    """Find the lines of ``buf`` and count their fields."""
+    size = buf.size
     newlines = np.flatnonzero(buf == 10)
     starts = np.empty(newlines.size + 1, dtype=np.int64)
     starts[0] = 0
@@ -193,54 +245,64 @@ def parse_block(
     ends[-1] = size
     if starts[-1] == size:  # nothing after the final newline (or no data at all)
         starts, ends = starts[:-1], ends[:-1]
-    n_lines = int(starts.size)
-    cr = (ends > starts) & (buf[ends - 1] == 13) if n_lines else np.zeros(0, dtype=bool)
+    cr = (ends > starts) & (buf[ends - 1] == 13) if starts.size else np.zeros(0, dtype=bool)
     content_end = ends - cr
-    blank = content_end == starts
-
     separators = np.flatnonzero(buf == 1)
     seps = np.searchsorted(separators, content_end) - np.searchsorted(separators, starts)
-    n_fields = seps + 1
+    return _Lines(starts=starts, content_end=content_end, cr=cr, n_fields=seps + 1, newlines=newlines)
 
-    # -- non-ASCII lines (rare): tell invalid UTF-8 apart, make the block ASCII -----------------
+
+def _ascii_copy(data: bytes, buf: np.ndarray, lines: _Lines) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of ``buf`` with every byte >= 0x80 replaced by ``?``, and which lines are not valid UTF-8.
+
+    Non-ASCII lines are rare: only they are decoded in Python.
+    """
     ascii_buf = buf.copy()
-    bad_utf8 = np.zeros(n_lines, dtype=bool)
+    bad_utf8 = np.zeros(lines.count, dtype=bool)
     high = np.flatnonzero(buf >= 0x80)
     if high.size:
         ascii_buf[high] = ord("?")
-        for i in np.unique(np.searchsorted(starts, high, side="right") - 1).tolist():
+        for i in np.unique(np.searchsorted(lines.starts, high, side="right") - 1).tolist():
             try:
-                data[starts[i] : content_end[i]].decode("utf-8")
+                data[lines.starts[i] : lines.content_end[i]].decode("utf-8")
             except UnicodeDecodeError:
                 bad_utf8[i] = True
+    return ascii_buf, bad_utf8
 
-    # -- one flat array of all fields ----------------------------------------------------------
-    # Terminators (\n, and a line-final \r) become separators too: line i then owns
-    # n_fields[i] + cr[i] consecutive elements (a \r adds an empty phantom field).
-    ascii_buf[newlines] = 1
-    ascii_buf[content_end[cr]] = 1
-    per_line = n_fields + cr
-    field_start = np.zeros(n_lines, dtype=np.int64)
-    if n_lines > 1:
+
+def _flat_fields(ascii_buf: np.ndarray, lines: _Lines) -> tuple[pa.Array, np.ndarray]:
+    """All fields of the block as one flat string array, and the index of each line's first field.
+
+    Terminators (\\n, and a line-final \\r) become separators too: line i then owns
+    n_fields[i] + cr[i] consecutive elements (a \\r adds an empty phantom field). ``ascii_buf`` is
+    modified in place.
+    """
+    ascii_buf[lines.newlines] = 1
+    ascii_buf[lines.content_end[lines.cr]] = 1
+    per_line = lines.n_fields + lines.cr
+    field_start = np.zeros(lines.count, dtype=np.int64)
+    if lines.count > 1:
         np.cumsum(per_line[:-1], out=field_start[1:])
+    size = ascii_buf.size
     str_type, off_type = (pa.string(), np.int32) if size < 2**31 - 1 else (pa.large_string(), np.int64)
     whole = pa.Array.from_buffers(
         str_type, 1, [None, pa.py_buffer(np.array([0, size], dtype=off_type)), pa.py_buffer(ascii_buf)]
     )
-    flat = pc.split_pattern(whole, "\x01").flatten()
+    return pc.split_pattern(whole, "\x01").flatten(), field_start
 
-    # -- validation ----------------------------------------------------------------------------
-    code = np.zeros(n_lines, dtype=np.int8)
-    field_of = np.full(n_lines, -1, dtype=np.int16)
-    code[bad_utf8] = _CODE[BAD_UTF8]
-    code[(code == 0) & ~np.isin(n_fields, counts)] = _CODE[FIELD_COUNT]
-    code[blank] = 0
-    cand = np.flatnonzero(~blank & (code == 0))
-    first = field_start[cand]
-    cand_fields = n_fields[cand]
-    short = cand_fields != N_FIELDS_LABELED
-    cand_code = np.zeros(cand.size, dtype=np.int8)
-    cand_field = np.full(cand.size, -1, dtype=np.int16)
+
+def _check_fields(
+    flat: pa.Array, first: np.ndarray, n_fields: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[pa.Array]]:
+    """Validate lines whose first field is ``flat[first[i]]``, column by column.
+
+    Returns per line the reason code of the first failing field in file order (0 = valid) and that
+    field's column index (-1 = none), and the raw string column of every column (null labels for
+    20-field lines).
+    """
+    short = n_fields != N_FIELDS_LABELED
+    line_code = np.zeros(first.size, dtype=np.int8)
+    line_field = np.full(first.size, -1, dtype=np.int16)
     raw_columns: list[pa.Array] = []
     for j, column in enumerate(COLUMNS):
         if j >= N_FIELDS_TEST and short.any():
@@ -250,27 +312,31 @@ def parse_block(
         col = flat.take(idx)
         pattern, reason = _RULES[column]
         ok = pc.match_substring_regex(col, pattern).fill_null(True).to_numpy(zero_copy_only=False)
-        new_bad = ~ok & (cand_code == 0)
+        new_bad = ~ok & (line_code == 0)
         if new_bad.any():
-            cand_code[new_bad] = _CODE[reason]
-            cand_field[new_bad] = j
+            line_code[new_bad] = _CODE[reason]
+            line_field[new_bad] = j
         raw_columns.append(col)
-    code[cand] = cand_code
-    field_of[cand] = cand_field
+    return line_code, line_field, raw_columns
 
-    # -- typed output --------------------------------------------------------------------------
-    good = cand_code == 0
+
+def _typed_table(row_ids: np.ndarray, raw_columns: list[pa.Array], good: np.ndarray) -> pa.Table:
+    """The :data:`SCHEMA` table of the ``good`` entries of the validated raw columns."""
     keep = None if good.all() else pa.array(good)
-    arrays = [pa.array((file_index << ROW_ID_SHIFT) | (offset + starts[cand[good]]), type=pa.int64())]
+    arrays = [pa.array(row_ids, type=pa.int64())]
     for column, col in zip(COLUMNS, raw_columns):
         if keep is not None:
             col = col.filter(keep)
         arrays.append(_convert(column, col))
-    table = pa.Table.from_arrays(arrays, schema=SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
+
+def _quarantine_table(data: bytes, lines: _Lines, code: np.ndarray, field_of: np.ndarray) -> pa.Table:
+    """The :data:`QUARANTINE_BLOCK_SCHEMA` table of the lines with a non-zero reason ``code``."""
     bad = np.flatnonzero(code != 0)
-    bad_starts, bad_ends = starts[bad], np.minimum(content_end[bad], starts[bad] + RAW_PREFIX_BYTES)
-    quarantine = pa.Table.from_arrays(
+    bad_starts = lines.starts[bad]
+    bad_ends = np.minimum(lines.content_end[bad], bad_starts + RAW_PREFIX_BYTES)
+    return pa.Table.from_arrays(
         [
             pa.array(bad, type=pa.int64()),
             pa.array([REASONS[c - 1] for c in code[bad].tolist()], type=pa.string()),
@@ -279,7 +345,6 @@ def parse_block(
         ],
         schema=QUARANTINE_BLOCK_SCHEMA,
     )
-    return ParsedBlock(table=table, quarantine=quarantine, n_lines=n_lines, n_blank=int(blank.sum()))
 
 
 def _convert(column: str, col: pa.Array) -> pa.Array:
