@@ -38,7 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.cloud
 

@@ -7,8 +7,7 @@ import re
 
 from microparade import configdoc
 from microparade.config import Config
-
-from conftest import ROOT
+from tests.helpers.paths import ROOT
 
 
 def test_config_reference_is_current():

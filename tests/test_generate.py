@@ -24,8 +24,8 @@ from microparade.stages.generate.synth import (
     topics_of_texts,
 )
 from microparade.assets import load_tokenizer
+from tests.helpers.paths import MBERT_VOCAB as MBERT_DIR
 
-MBERT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vocab" / "bert-base-multilingual-cased"
 SPLITS = ("train", "valid", "test")
 HEX = re.compile(r"[0-9A-F]{32}")
 BIG_ROWS = 200_000
@@ -265,7 +265,6 @@ def test_stale_parts_removed(tmp_path):
     assert [p.name for p in (tmp_path / "train").glob("part-*")] == ["part-00000"]
 
 
-@pytest.mark.skipif(not MBERT_DIR.is_dir(), reason="shared mBERT vocabulary not present")
 def test_mbert_tokenizer(tmp_path):
     summary = generate_dataset(str(tmp_path), rows=5_000, seed=2, tokenizer=str(MBERT_DIR), progress=False)
     assert Path(summary["params"]["tokenizer"]) == MBERT_DIR

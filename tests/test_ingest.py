@@ -19,12 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from conftest import run_cli
 
 from microparade.config import build_config
 from microparade.stages.ingest.parsing import SCHEMA, parse_block
 from microparade.engine import StageError, run_pipeline
 from microparade.stages.ingest.stage import _first_line_start, iter_line_pieces
+from tests.helpers.cli import run_cli
 
 def hexid(i: int) -> str:
     return f"{i:032X}"

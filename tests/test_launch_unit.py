@@ -25,8 +25,8 @@ from microparade.slurm.dask_allocation import (
 from microparade.slurm.resources import parse_time_minutes, sbatch_args, stage_resources
 from microparade.slurm.resources import submitit_params as _submitit_params
 from microparade.slurm.submit import _check_submittable
-
-from conftest import ROOT, run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import ROOT
 
 PY = "/opt/venv/bin/python"
 

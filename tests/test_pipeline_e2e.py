@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import ROOT
 
 STAGES = ["generate", "ingest", "text", "features", "chunks", "train", "evaluate", "report"]
 

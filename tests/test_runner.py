@@ -16,8 +16,8 @@ import pytest
 from microparade.config import load_config
 from microparade.engine import compute_status, read_manifest, run_pipeline
 from microparade.storage import Store
-
-from conftest import ROOT, run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import ROOT
 
 
 def _config(tmp_path: Path, run: str = "run", rows: int = 3000, blocksize: str = "64KiB") -> Path:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import sbatch, wait_jobs
+from tests.helpers.slurm_cluster import sbatch, wait_jobs
 
-# The session fixture ``slurm`` (tests/conftest.py) calls slurm_cluster.ensure_slurm().
+# The session fixture ``slurm`` (tests/conftest.py) calls tests.helpers.slurm_cluster.ensure_slurm().
 pytestmark = pytest.mark.slurm
 
 

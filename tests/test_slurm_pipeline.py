@@ -28,10 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
-from slurm_cluster import sbatch, wait_jobs
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import ROOT
+from tests.helpers.slurm_cluster import sbatch, wait_jobs
 
-pytestmark = pytest.mark.slurm
+# The first test to use the module fixture waits for a whole chain (CHAIN_TIMEOUT_S) after launching it.
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
 
 CONFIG = ROOT / "configs" / "demo.yaml"
 PIPELINE = ROOT / "slurm" / "pipeline.sh"

@@ -23,8 +23,9 @@ from microparade.stages.text.clean import (
     prefix_table,
     special_tokens,
 )
+from tests.helpers.paths import MBERT_VOCAB
 
-MBERT = "/work/shared/vocab/bert-base-multilingual-cased"
+MBERT = str(MBERT_VOCAB)
 H = 4
 MAX_LENGTH = 32
 

@@ -106,13 +106,20 @@ class FakeGCS(_Server):
         root.mkdir(exist_ok=True)
         return [
             str(_get_binary_path()),
-            "-scheme", "http",
-            "-host", "127.0.0.1",
-            "-port", str(self.port),
-            "-backend", "filesystem",
-            "-filesystem-root", str(root),
-            "-external-url", self.endpoint,
-            "-log-level", "warn",
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(self.port),
+            "-backend",
+            "filesystem",
+            "-filesystem-root",
+            str(root),
+            "-external-url",
+            self.endpoint,
+            "-log-level",
+            "warn",
         ]
 
     def health_url(self) -> str:

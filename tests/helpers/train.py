@@ -1,18 +1,18 @@
 """Test helpers for the model / loader / train / evaluate tests: hand-built chunks published by the
 real stage runner (docs/data-format.md §7), without the upstream pipeline.
 
-``publish_chunks`` runs a test-only ``chunks`` stage (this module's :func:`run`) through
-:func:`microparade.runner.run_stage`, so the manifest, hashes and fingerprint are the real thing.
-:func:`patch_stages` swaps that stage into :data:`microparade.stages.STAGES` (in place of the
-pipeline's upstream stages) so ``microparade run CONFIG --only train`` finds it done.
+``publish_chunks`` runs a test-only ``chunks`` stage (this module's :func:`run`, registered by its
+package path ``tests.helpers.train``) through :func:`microparade.engine.run_stage`, so the manifest,
+hashes and fingerprint are the real thing. :func:`patch_stages` swaps that stage into
+:data:`microparade.engine.registry.STAGES` (in place of the pipeline's upstream stages) so
+``microparade run CONFIG --only train`` finds it done. Child processes import this module through
+``PYTHONPATH`` = the repository root (:func:`subprocess_env`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from microparade.recsys_format import TARGETS
+from tests.helpers.paths import ROOT
 
-TESTS_DIR = Path(__file__).resolve().parent
-REPO = TESTS_DIR.parent
-PYTHON = str(REPO / ".venv" / "bin" / "python")
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 SPECIAL_TOKENS = {"cls": 101, "sep": 102, "pad": 0, "unk": 100, "link": 1000}
 #: Content token ids drawn from MiniLM's whole-word range.
@@ -58,7 +57,9 @@ def chunk_table(
     for i in range(n):
         k = int(hist_len[i])
         lens = rng.integers(10, limit + 1, size=k)
-        hist_tokens.append([rng.integers(*VOCAB_RANGE, size=m).astype(np.int32).tolist() for m in lens] + [[]] * (h - k))
+        hist_tokens.append(
+            [rng.integers(*VOCAB_RANGE, size=m).astype(np.int32).tolist() for m in lens] + [[]] * (h - k)
+        )
         hist_eng.append(rng.integers(1, 16, size=k).tolist() + [0] * (h - k))
         hist_hour.append(rng.integers(0, 24, size=k).tolist() + [24] * (h - k))
         hist_mask.append([True] * k + [False] * (h - k))
@@ -101,7 +102,8 @@ def run(ctx) -> None:
             ctx.file_meta[rel] = {"rows": table.num_rows, "split": split}
             rows += table.num_rows
         full = pa.concat_tables(tables)
-        rates = {t: (float(np.mean(full.column(t).to_numpy(zero_copy_only=False))) if full.column(t).null_count == 0 else None) for t in TARGETS}
+        labelled = all(full.column(t).null_count == 0 for t in TARGETS)
+        rates = {t: float(np.mean(full.column(t).to_numpy())) for t in TARGETS} if labelled else None
         splits_extra[split] = {"rows": rows, "chunks": len(tables), "label_rates": rates}
     train = pa.concat_tables(spec["tables"]["train"]) if "train" in spec["tables"] else None
     f = spec["n_features"]
@@ -125,7 +127,9 @@ def run(ctx) -> None:
 def chunks_spec():
     from microparade.engine.registry import StageSpec
 
-    return StageSpec("chunks", inputs=(), config_keys=("chunks",), module="_train_helpers", description="test chunks")
+    return StageSpec(
+        "chunks", inputs=(), config_keys=("chunks",), module="tests.helpers.train", description="test chunks"
+    )
 
 
 def patch_stages() -> None:
@@ -195,18 +199,16 @@ def publish_chunks(
 def cli_command(config_path: str, *args: str) -> list[str]:
     """``microparade run CONFIG ...`` in a subprocess with the test chunks stage registered."""
     code = (
-        "import sys; sys.path.insert(0, %r); import _train_helpers as h; h.patch_stages(); "
-        "from microparade.cli import main; sys.exit(main(sys.argv[1:]))" % str(TESTS_DIR)
+        "import sys; from tests.helpers.train import patch_stages; patch_stages(); "
+        "from microparade.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     return [PYTHON, "-c", code, "run", config_path, *args]
 
 
 def subprocess_env() -> dict[str, str]:
+    """``os.environ`` with the repository root first on ``PYTHONPATH`` (so that a child process, from
+    any working directory, imports ``tests.helpers.train``) and one OpenMP thread unless set."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
-
-
-if str(TESTS_DIR) not in sys.path:  # the runner imports this module by name in the same process
-    sys.path.insert(0, str(TESTS_DIR))

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-START_SCRIPT = Path(__file__).resolve().parent / "slurm" / "start.sh"
+from tests.helpers.paths import TESTS_DIR
+
+START_SCRIPT = TESTS_DIR / "slurm" / "start.sh"
 PARTITION = "debug"
 NODES = ("node1", "node2")
 
