@@ -1,9 +1,14 @@
 """Storage on any fsspec URL: local paths, ``file://``, ``memory://``, ``gs://``, ``s3://``.
 
-Everything the pipeline writes goes through :class:`Store`, a thin wrapper that keeps one
-filesystem object and a root URL, and provides the few primitives the stage runner needs:
-atomic small-file writes (the commit point of a stage), streaming sha256, recursive listings,
-and moving a staged tree into place.
+Two layers, both retrying transient I/O errors (:func:`retry`) with the URL in every error:
+
+- :class:`Store`, a thin wrapper that keeps one filesystem object and a root URL, and provides the
+  few primitives the stage runner needs: atomic small-file writes (the commit point of a stage),
+  streaming sha256, recursive listings, and moving a staged tree into place;
+- URL-level helpers for stages and Dask tasks (URL + storage options in, never a Store):
+  :func:`read_parquet`, :func:`read_parquet_schema`, :func:`parquet_rows`, :func:`read_range`,
+  :func:`url_size`, and :func:`write_url` / :func:`write_parquet`, which write a whole file
+  (hashed while written) and rewrite it from the start when an attempt fails.
 """
 
 from __future__ import annotations
@@ -15,15 +20,21 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
-import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 T = TypeVar("T")
 
 _CHUNK = 8 * 1024 * 1024
+#: First back-off of :func:`retry`, doubled after every failed attempt.
+RETRY_BASE_DELAY_S = 0.5
 
 
 def format_bytes(n: int | float | None) -> str:
@@ -36,10 +47,6 @@ def format_bytes(n: int | float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} TB"
-
-
-def is_local_url(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
 
 
 def protocol_of(url: str) -> str:
@@ -95,14 +102,15 @@ def _naming(exc: OSError, what: str) -> OSError:
         return exc
 
 
-def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
+def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float | None = None) -> T:
     """Call ``fn`` retrying transient I/O errors with exponential back-off.
 
     Non-transient errors (missing files, permission, value errors) are raised at once, missing
     files and permission errors with ``what`` added to the message; after the last attempt the error
-    is re-raised with ``what`` in the message, never swallowed.
+    is re-raised with ``what`` in the message, never swallowed. ``base_delay``: the first back-off
+    (default :data:`RETRY_BASE_DELAY_S`).
     """
-    delay = base_delay
+    delay = RETRY_BASE_DELAY_S if base_delay is None else base_delay
     transient = _transient_errors()
     for i in range(attempts):
         try:
@@ -139,19 +147,10 @@ class Store:
         """Filesystem-internal path (what ``self.fs`` methods take)."""
         return join(self.root_path, *parts)
 
-    def relpath(self, fs_path: str) -> str:
-        fs_path = self.fs._strip_protocol(fs_path)
-        root = self.root_path.rstrip("/")
-        if fs_path == root:
-            return ""
-        if not fs_path.startswith(root + "/"):
-            raise ValueError(f"{fs_path} is not under {root}")
-        return fs_path[len(root) + 1 :]
-
     # -- queries -------------------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
         self.invalidate()
-        return self.fs.exists(self.path(*parts))
+        return retry(lambda: self.fs.exists(self.path(*parts)), what=f"check {self.url(*parts)}")
 
     def invalidate(self) -> None:
         # Object-store listings are cached; the runner needs the truth.
@@ -161,15 +160,17 @@ class Store:
             pass
 
     def size(self, *parts: str) -> int:
-        return int(self.fs.size(self.path(*parts)))
+        return retry(lambda: int(self.fs.size(self.path(*parts))), what=f"size of {self.url(*parts)}")
 
     def walk_files(self, *parts: str) -> list[str]:
         """Relative paths (to ``parts``) of all files under a directory, sorted; [] if absent."""
         base = self.path(*parts)
         self.invalidate()
-        if not self.fs.exists(base):
-            return []
-        found = self.fs.find(base, withdirs=False)
+
+        def find() -> list[str]:
+            return _find_files(self.fs, base) if self.fs.exists(base) else []
+
+        found = retry(find, what=f"list {self.url(*parts)}")
         out = []
         for f in found:
             f = self.fs._strip_protocol(f)
@@ -179,10 +180,11 @@ class Store:
         return sorted(out)
 
     # -- reading -------------------------------------------------------------------------------
-    def open(self, rel: str, mode: str = "rb", **kw):
+    def open(self, rel: str, mode: str = "rb", **kw: Any) -> IO[Any]:
+        """An open file (opening is retried; what is read or written through it is not)."""
         if "w" in mode and self.local:
             os.makedirs(posixpath.dirname(self.path(rel)), exist_ok=True)
-        return self.fs.open(self.path(rel), mode, **kw)
+        return retry(lambda: self.fs.open(self.path(rel), mode, **kw), what=f"open {self.url(rel)}")
 
     def read_bytes(self, rel: str) -> bytes:
         return retry(lambda: self.fs.cat_file(self.path(rel)), what=f"read {self.url(rel)}")
@@ -223,10 +225,14 @@ class Store:
             _fsync_dir(d)
         elif self.protocol in ("gs", "gcs", "s3", "s3a", "memory", "az", "abfs"):
             retry(lambda: self.fs.pipe_file(target, data), what=f"write {self.url(rel)}")
-        else:  # pragma: no cover - exotic filesystems
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, target)
+        else:  # other filesystems: write a temporary, then move it into place
+
+            def via_temporary() -> None:
+                tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, target)
+
+            retry(via_temporary, what=f"write {self.url(rel)}")
 
     def write_json_atomic(self, rel: str, obj: Any) -> None:
         self.write_bytes_atomic(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
@@ -238,11 +244,16 @@ class Store:
             retry(lambda: self.fs.rm(p, recursive=recursive), what=f"remove {self.url(rel)}")
 
     def rm_file(self, rel: str) -> None:
+        """Remove one file; a missing file is not an error."""
         p = self.path(rel)
-        try:
-            self.fs.rm_file(p)
-        except FileNotFoundError:
-            pass
+
+        def remove() -> None:
+            try:
+                self.fs.rm_file(p)
+            except FileNotFoundError:
+                pass
+
+        retry(remove, what=f"remove {self.url(rel)}")
 
     def move(self, src_rel: str, dst_rel: str) -> None:
         """Move one file; a rename where the filesystem has one, else copy + delete."""
@@ -256,6 +267,22 @@ class Store:
     def makedirs(self, rel: str) -> None:
         if self.local:
             os.makedirs(self.path(rel), exist_ok=True)
+
+
+def _find_files(fs: Any, path: str) -> list[str]:
+    """Paths of the files under the directory ``path``, sorted; a failed listing is an error.
+
+    Object stores list by prefix and raise; local directories are walked here, as fsspec's generic
+    walk reads a failed listing of a subdirectory as an empty directory.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        return list(fs.find(path, withdirs=False))
+    files: list[str] = []
+    todo = [path]
+    while todo:
+        for entry in fs.ls(todo.pop(), detail=True):
+            (todo if entry["type"] == "directory" else files).append(entry["name"])
+    return sorted(files)
 
 
 def _fsync_dir(d: str) -> None:
@@ -309,25 +336,133 @@ def glob(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
         fs.invalidate_cache()
     except Exception:  # pragma: no cover
         pass
-    if any(c in path for c in "*?["):
-        found = fs.glob(path)
-    elif fs.isdir(path):
-        found = [p for p in fs.find(path, withdirs=False)]
-    elif fs.exists(path):
-        found = [path]
-    else:
-        found = []
+
+    def expand() -> list[str]:
+        if any(c in path for c in "*?["):
+            return list(fs.glob(path))
+        try:  # info, not isdir/exists: those read any error as "no such path"
+            kind = fs.info(path)["type"]
+        except FileNotFoundError:
+            return []
+        return _find_files(fs, path) if kind == "directory" else [path]
+
+    found = retry(expand, what=f"list {url}")
     files = sorted(p for p in found if not posixpath.basename(p).startswith((".", "_")))
     return [fs.unstrip_protocol(p) if "://" in url else p for p in files]
 
 
-def iter_chunks(f, size: int = _CHUNK) -> Iterator[bytes]:
-    while True:
-        b = f.read(size)
-        if not b:
-            return
-        yield b
+# ------------------------------------------------------------------------------------------------
+# URL-level reads and writes (for stages and Dask tasks: a URL and storage options, never a Store)
+# ------------------------------------------------------------------------------------------------
+# pyarrow is imported where it is used: the CLI's light commands never need it.
 
 
-def open_url(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None, **kw):
-    return fsspec.open(normalize_url(url), mode, **(storage_options or {}), **kw)
+@dataclass(frozen=True)
+class Written:
+    """Size and sha256 of a file as it was written."""
+
+    nbytes: int
+    sha256: str
+
+    def meta(self) -> dict[str, Any]:
+        """The manifest's file fields: ``{"bytes": ..., "sha256": ...}``."""
+        return {"bytes": self.nbytes, "sha256": self.sha256}
+
+
+def _read_url(url: str, read: Callable[[IO[bytes]], T], storage_options: dict[str, Any] | None, what: str) -> T:
+    """``read(f)`` on the file at ``url``, opened for reading; retried as a whole."""
+    fs, path = url_to_fs(url, **(storage_options or {}))
+
+    def attempt() -> T:
+        with fs.open(path, "rb") as f:
+            return read(f)
+
+    return retry(attempt, what=f"{what} {url}")
+
+
+def read_parquet(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    columns: list[str] | None = None,
+    schema: pa.Schema | None = None,
+) -> pa.Table:
+    """The ``columns`` (default: all) of the Parquet file at ``url``, read as ``schema`` when given."""
+    import pyarrow.parquet as pq
+
+    return _read_url(url, lambda f: pq.read_table(f, columns=columns, schema=schema), storage_options, "read")
+
+
+def read_parquet_schema(url: str, storage_options: dict[str, Any] | None = None) -> pa.Schema:
+    """The Arrow schema of the Parquet file at ``url`` (its footer only)."""
+    import pyarrow.parquet as pq
+
+    return _read_url(url, pq.read_schema, storage_options, "read the schema of")
+
+
+def parquet_rows(url: str, storage_options: dict[str, Any] | None = None) -> int:
+    """The number of rows of the Parquet file at ``url`` (from its footer)."""
+    import pyarrow.parquet as pq
+
+    return _read_url(url, lambda f: int(pq.ParquetFile(f).metadata.num_rows), storage_options, "read the row count of")
+
+
+def read_range(url: str, start: int, end: int, storage_options: dict[str, Any] | None = None) -> bytes:
+    """Bytes ``[start, end)`` of the file at ``url``."""
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    return retry(lambda: fs.cat_file(path, start=start, end=end), what=f"read bytes {start}-{end} of {url}")
+
+
+def url_size(url: str, storage_options: dict[str, Any] | None = None) -> int:
+    """The size in bytes of the file at ``url``."""
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    return retry(lambda: int(fs.size(path)), what=f"size of {url}")
+
+
+def write_url(
+    url: str, write: Callable[[IO[bytes]], T], storage_options: dict[str, Any] | None = None
+) -> tuple[T, Written]:
+    """Write the whole file at ``url`` by calling ``write(sink)``; return its result and what was written.
+
+    A transient error anywhere in an attempt (``write`` included, and whatever it reads) starts the
+    file over: ``write`` is called again on a fresh sink, so it must write everything from the
+    start. Parent directories are created on local filesystems (object stores have none).
+    """
+    fs, path = url_to_fs(url, **(storage_options or {}))
+
+    def attempt() -> tuple[T, Written]:
+        if isinstance(fs, LocalFileSystem):
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as raw:
+            sink = HashingWriter(raw)
+            result = write(cast(IO[bytes], sink))  # a binary writer, though not typing.IO's subclass
+            sink.flush()
+        return result, Written(sink.nbytes, sink.sha.hexdigest())
+
+    return retry(attempt, what=f"write {url}")
+
+
+def encode_parquet(table: pa.Table, sink: Any, *, compression: str, row_group_size: int | None = None) -> None:
+    """Write ``table`` as one Parquet file to an open binary sink (the pipeline's writer settings:
+    ``compression``, rows per row group, pyarrow's defaults otherwise)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(sink, table.schema, compression=compression) as w:
+        w.write_table(table, row_group_size=row_group_size)
+
+
+def write_parquet(
+    table: pa.Table,
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    compression: str,
+    row_group_size: int | None = None,
+) -> Written:
+    """Write ``table`` as the Parquet file at ``url`` (see :func:`encode_parquet`, :func:`write_url`)."""
+    _, written = write_url(
+        url,
+        lambda sink: encode_parquet(table, sink, compression=compression, row_group_size=row_group_size),
+        storage_options,
+    )
+    return written

@@ -15,7 +15,7 @@ from typing import Any
 from ..compute.backends import process_rank
 from ..config import Config
 from ..errors import PreemptedError, StageError
-from ..storage import Store, format_bytes
+from ..storage import Store, format_bytes, parquet_rows
 from .context import RunSession, StageContext
 from .fingerprint import code_version, git_commit, stage_fingerprint
 from .manifest import (
@@ -48,10 +48,7 @@ def _collect_files(ctx: StageContext) -> list[dict[str, Any]]:
         entry["sha256"] = meta.pop("sha256", None) or store.sha256(srel)
         rows = meta.pop("rows", None)
         if rows is None and rel.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            with store.open(srel, "rb") as f:
-                rows = pq.ParquetFile(f).metadata.num_rows
+            rows = parquet_rows(store.url(srel), store.storage_options)
         entry["rows"] = rows
         entry.update(meta)
         files.append(entry)

@@ -25,23 +25,24 @@ independent of the partitioning and of the number of workers.
 from __future__ import annotations
 
 import functools
-import posixpath
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
-from . import ops
+from ...compute.progress import gather_in_order, wait_for
 from ...config import SPLITS, FeaturesConfig
 from ...recsys_format import TARGET_TIMESTAMP, TARGETS
-from ...storage import HashingWriter, join
+from ...storage import join, read_parquet, read_parquet_schema, write_parquet
+from . import ops
+
+if TYPE_CHECKING:
+    from ...engine.context import StageContext
 
 #: Parquet row group size of the output files.
 ROW_GROUP_ROWS = 128 * 1024
@@ -142,12 +143,6 @@ def ingest_parts(manifest) -> list[IngestPart]:
     return sorted(parts, key=lambda p: (SPLITS.index(p.split), p.path))
 
 
-def _read_ingest(url: str, storage_options: dict[str, Any], columns: list[str]) -> pa.Table:
-    fs, path = url_to_fs(url, **storage_options)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=columns)
-
-
 def _str(table: pa.Table, col: str) -> pa.Array:
     return pc.fill_null(table.column(col).combine_chunks().cast(pa.string()), "")
 
@@ -216,7 +211,8 @@ def _sources(columns: tuple[str, ...]) -> list[str]:
 def _read_frame(item: tuple[int, str, str], *, columns: tuple[str, ...], backend: str, storage_options: dict[str, Any]):
     """One ingest part as a backend DataFrame of derived ``columns`` (one Dask partition)."""
     file_no, url, split = item
-    return ops.to_backend(_derive(_read_ingest(url, storage_options, _sources(columns)), columns, file_no, split), backend)
+    table = read_parquet(url, storage_options, columns=_sources(columns))
+    return ops.to_backend(_derive(table, columns, file_no, split), backend)
 
 
 def _frame(parts: list[IngestPart], columns: tuple[str, ...], *, file_nos: list[int], backend: str,
@@ -296,24 +292,20 @@ def _aligned(df, ids: np.ndarray, names: tuple[str, ...], what: str, path: str) 
 def _write_part(task: _WriteTask, *branch_parts) -> dict[str, Any]:
     """Assemble and write one output part; return its file metadata and normalisation partials."""
     part = task.part
-    ingest = _read_ingest(part.url, task.storage_options, _LOCAL_INPUT)
+    ingest = read_parquet(part.url, task.storage_options, columns=_LOCAL_INPUT)
     ids = _int(ingest, "row_id")
     cols = local_features(ingest)
-    for (what, names), df in zip(task.branches, branch_parts):
-        cols.update(_aligned(df, ids, names, what, part.path))
+    for (what, branch_names), df in zip(task.branches, branch_parts):
+        cols.update(_aligned(df, ids, branch_names, what, part.path))
     names = feature_names()
     for name in names:
         if not np.isfinite(cols[name]).all():
             raise RuntimeError(f"{part.path}: feature {name} has non-finite values")
     table = pa.table({"row_id": pa.array(ids, pa.int64()), **{n: pa.array(cols[n], pa.float32()) for n in names}})
 
-    fs, path = url_to_fs(task.out_url, **task.storage_options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as raw:
-        sink = HashingWriter(raw)
-        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        nbytes, sha = sink.nbytes, sink.sha.hexdigest()
-    result: dict[str, Any] = {"path": part.path, "split": part.split, "rows": len(ids), "bytes": nbytes, "sha256": sha}
+    so = task.storage_options
+    written = write_parquet(table, task.out_url, so, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    result: dict[str, Any] = {"path": part.path, "split": part.split, "rows": len(ids), **written.meta()}
     if task.fit and len(ids):
         x = np.stack([cols[n] for n in names], axis=1).astype(np.float64)
         mean = x.mean(axis=0)
@@ -335,18 +327,6 @@ def combine_moments(moments: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[
 
 
 # -- the pipeline ----------------------------------------------------------------------------
-def _log_progress(futures, log: Callable[[str], None], what: str) -> None:
-    from distributed import as_completed
-
-    total, done, step, t0 = len(futures), 0, max(1, len(futures) // 10), time.time()
-    for fut in as_completed(futures):
-        done += 1
-        if fut.status == "error":
-            fut.result()  # raises the task's exception
-        if done % step == 0 or done == total:
-            log(f"{what}: {done}/{total} ({time.time() - t0:.1f}s)")
-
-
 def _te_outputs(key: tuple[str, ...]) -> tuple[str, ...]:
     names = [f"{key[0]}_code"] if len(key) == 1 and key[0] in CODE_COLUMNS else []
     names += [count_name(key)] if len(key) == 1 else []
@@ -373,9 +353,10 @@ def _fit(client, fit, log: Callable[[str], None]) -> _Statistics:
     t0 = time.time()
     log(f"fitting the statistics of {len(TE_KEYS)} keys on {fit.npartitions} training part(s)")
     tables = client.persist(tables)
-    _log_progress(_futures_of(tables), log, "statistics")
+    wait_for(_futures_of(tables), "statistics", log)
     priors = ops.fold_means(tables[0], TARGETS, fold_col=FOLD_COL)
-    sizes = client.gather(client.compute([(t[FOLD_COL] == -1).sum() for t in tables] + [t[FOLD_COL].size for t in tables]))
+    counts = [(t[FOLD_COL] == -1).sum() for t in tables] + [t[FOLD_COL].size for t in tables]
+    sizes = client.gather(client.compute(counts))
     categories = {ops.key_name(k): int(v) for k, v in zip(TE_KEYS, sizes)}
     table_rows = dict(zip(TE_KEYS, (int(v) for v in sizes[len(TE_KEYS):])))
     log(f"statistics fitted in {time.time() - t0:.1f}s; global means {priors[-1]}; categories {categories}")
@@ -490,14 +471,15 @@ def build_features(
     specs = tuple((what, names) for what, names, _ in branches)
     per_branch = [ddf.to_delayed() for _, _, ddf in branches]
     tasks = [
-        write(_WriteTask(p, join(out_url, p.path), storage_options, specs, p.split == "train"), *(d[i] for d in per_branch))
+        write(
+            _WriteTask(p, join(out_url, p.path), storage_options, specs, p.split == "train"),
+            *(d[i] for d in per_branch),
+        )
         for i, p in enumerate(parts)
     ]
     t0 = time.time()
     log(f"computing {len(feature_names())} features and writing {n} part(s)")
-    futures = client.compute(tasks)
-    _log_progress(futures, log, "parts written")
-    results = client.gather(futures)
+    results = gather_in_order(client.compute(tasks), "parts written", log)
     elapsed = time.time() - t0
 
     mean, std = combine_moments([r.pop("moments") for r in results if "moments" in r])
@@ -519,9 +501,8 @@ def build_features(
 
 
 def _read_schema(url: str, storage_options: dict[str, Any]) -> pa.Schema:
-    fs, path = url_to_fs(url, **storage_options)
-    with fs.open(path, "rb") as f:
-        schema = pq.read_schema(f)
+    """The schema of an ingest part, checked to hold every column the features read."""
+    schema = read_parquet_schema(url, storage_options)
     missing = sorted((set(_LOCAL_INPUT) | set(_sources(tuple(_SOURCES)))) - set(schema.names))
     if missing:
         raise ValueError(f"{url} lacks the ingest columns {missing} (docs/data-format.md §4)")
@@ -534,7 +515,7 @@ def _futures_of(collections) -> list:
     return [f for c in collections for f in futures_of(c)]
 
 
-def run(ctx) -> None:
+def run(ctx: StageContext) -> None:
     parts = ingest_parts(ctx.input("ingest"))
     if not parts:
         raise ValueError("the ingest stage published no data parts")

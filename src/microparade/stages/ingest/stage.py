@@ -11,7 +11,8 @@ Work (one Dask task per block, :func:`ingest_block`): stream the block's lines i
 ``blocksize`` bytes (so memory stays bounded even for a large compressed file), parse and validate
 each piece with :func:`microparade.parsing.parse_block`, write valid rows straight to the output
 part (zstd, row groups of ``ingest.row_group_size``, hashed while written) and the block's bad lines
-to a scratch Parquet under ``_work``; return small statistics.
+to a scratch Parquet under ``_work``; return small statistics. A transient I/O error restarts the
+block's part from its first line (:func:`microparade.storage.write_url`).
 
 Finish (driver): prefix-sum the blocks' line counts into 1-based line numbers per file, merge the
 scratch quarantine parts into ``quarantine/{split}.parquet``, record per-split counts in the
@@ -20,13 +21,11 @@ manifest and fail when a split's bad fraction exceeds ``ingest.max_bad_fraction`
 
 from __future__ import annotations
 
-import os
-import posixpath
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,9 +34,13 @@ from dask.utils import format_bytes, parse_bytes
 from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
+from ...compute.progress import gather_in_order
 from ...config import SPLITS
+from ...storage import glob, read_parquet, url_size, write_parquet, write_url
 from .parsing import QUARANTINE_BLOCK_SCHEMA, SCHEMA, field_counts, parse_block
-from ...storage import HashingWriter, glob
+
+if TYPE_CHECKING:
+    from ...engine.context import StageContext
 
 #: Schema of ``quarantine/{split}.parquet`` (docs/data-format.md §4).
 QUARANTINE_SCHEMA = pa.schema(
@@ -51,7 +54,6 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 _SCAN = 1 << 16  # read size while looking for a line end
-_LOG_EVERY_S = 5.0
 
 
 class IngestError(RuntimeError):
@@ -131,67 +133,70 @@ def iter_line_pieces(f, pos: int, stop: int | None, chunk_bytes: int) -> Iterato
             return
 
 
-def _open_output(url: str, storage_options: dict[str, Any]):
-    fs, path = url_to_fs(url, **storage_options)
-    if "file" in fs.protocol:  # object stores and memory:// have no directories to create
-        os.makedirs(posixpath.dirname(path), exist_ok=True)
-    return fs.open(path, "wb")
+@dataclass
+class _BlockCounts:
+    """What parsing one block found: line counts, bad lines per reason, the bad lines themselves."""
+
+    lines: int = 0
+    blank: int = 0
+    rows_out: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    bad_tables: list[pa.Table] = field(default_factory=list)
+
+
+def _parse_into(sink: IO[bytes], task: BlockTask) -> _BlockCounts:
+    """Parse the block's lines, writing the valid rows to ``sink`` as one Parquet file."""
+    fs, path = url_to_fs(task.url, **task.storage_options)
+    counts = _BlockCounts()
+    with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
+        with fs.open(path, "rb", compression=task.compression) as f:
+            first = _first_line_start(f, task.start)
+            if first is None or (task.stop is not None and first >= task.stop):
+                return counts
+            if task.start:
+                f.seek(first)
+            for offset, data in iter_line_pieces(f, first, task.stop, task.chunk_bytes):
+                parsed = parse_block(data, file_index=task.file_index, offset=offset, counts=task.counts)
+                if parsed.table.num_rows:
+                    writer.write_table(parsed.table, row_group_size=task.row_group_size)
+                if parsed.quarantine.num_rows:
+                    q = parsed.quarantine
+                    counts.bad_tables.append(q.set_column(0, "line_index", pc.add(q.column(0), counts.lines)))
+                    for r, n in parsed.reason_counts().items():
+                        counts.reasons[r] = counts.reasons.get(r, 0) + n
+                counts.lines += parsed.n_lines
+                counts.blank += parsed.n_blank
+                counts.rows_out += parsed.table.num_rows
+    return counts
 
 
 def ingest_block(task: BlockTask) -> dict[str, Any]:
     """Ingest one block (a Dask task): parse, write the part and the bad lines, return counts."""
-    fs, path = url_to_fs(task.url, **task.storage_options)
-    n_lines = n_blank = rows_out = 0
-    reasons: dict[str, int] = {}
-    bad_tables: list[pa.Table] = []
-    with _open_output(task.out_url, task.storage_options) as raw_out:
-        sink = HashingWriter(raw_out)
-        with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
-            with fs.open(path, "rb", compression=task.compression) as f:
-                first = _first_line_start(f, task.start)
-                if first is not None and (task.stop is None or first < task.stop):
-                    if task.start:
-                        f.seek(first)
-                    for offset, data in iter_line_pieces(f, first, task.stop, task.chunk_bytes):
-                        parsed = parse_block(data, file_index=task.file_index, offset=offset, counts=task.counts)
-                        if parsed.table.num_rows:
-                            writer.write_table(parsed.table, row_group_size=task.row_group_size)
-                        if parsed.quarantine.num_rows:
-                            q = parsed.quarantine
-                            q = q.set_column(0, "line_index", pc.add(q.column(0), n_lines))
-                            bad_tables.append(q)
-                            for r, n in parsed.reason_counts().items():
-                                reasons[r] = reasons.get(r, 0) + n
-                        n_lines += parsed.n_lines
-                        n_blank += parsed.n_blank
-                        rows_out += parsed.table.num_rows
-        sink.flush()
+    counts, written = write_url(task.out_url, lambda sink: _parse_into(sink, task), task.storage_options)
     first_bad = None
-    if bad_tables:
-        bad = pa.concat_tables(bad_tables)
+    if counts.bad_tables:
+        bad = pa.concat_tables(counts.bad_tables)
         first_bad = {k: bad.column(k)[0].as_py() for k in ("line_index", "reason", "field")}
-        with _open_output(task.quarantine_url, task.storage_options) as qf:
-            pq.write_table(bad, qf, compression="zstd")
-    rows_quarantined = sum(reasons.values())
-    rows_in = n_lines - n_blank
-    if rows_in != rows_out + rows_quarantined:  # pragma: no cover - parse_block invariant
-        raise AssertionError(f"{task.describe()}: {rows_in} rows in != {rows_out} out + {rows_quarantined} bad")
+        write_parquet(bad, task.quarantine_url, task.storage_options, compression="zstd")
+    rows_quarantined = sum(counts.reasons.values())
+    rows_in = counts.lines - counts.blank
+    if rows_in != counts.rows_out + rows_quarantined:  # pragma: no cover - parse_block invariant
+        raise AssertionError(f"{task.describe()}: {rows_in} rows in != {counts.rows_out} out + {rows_quarantined} bad")
     return {
-        "lines": n_lines,
-        "blank": n_blank,
+        "lines": counts.lines,
+        "blank": counts.blank,
         "rows_in": rows_in,
-        "rows_out": rows_out,
-        "reasons": reasons,
+        "rows_out": counts.rows_out,
+        "reasons": counts.reasons,
         "first_bad": first_bad,
-        "bytes": sink.nbytes,
-        "sha256": sink.sha.hexdigest(),
+        **written.meta(),
     }
 
 
 # ----------------------------------------------------------------------------------------------
 # driver side
 # ----------------------------------------------------------------------------------------------
-def resolve_inputs(ctx) -> dict[str, list[str]]:
+def resolve_inputs(ctx: StageContext) -> dict[str, list[str]]:
     """Sorted source URLs per split (splits without files are left out)."""
     out: dict[str, list[str]] = {}
     if "generate" in ctx.inputs:
@@ -214,7 +219,7 @@ def resolve_inputs(ctx) -> dict[str, list[str]]:
     return out
 
 
-def plan_blocks(ctx, inputs: dict[str, list[str]], blocksize: int) -> list[BlockTask]:
+def plan_blocks(ctx: StageContext, inputs: dict[str, list[str]], blocksize: int) -> list[BlockTask]:
     """One task per block, in (split, file index, byte range) order; parts numbered per split."""
     cfg = ctx.cfg.ingest
     so = ctx.store.storage_options
@@ -223,12 +228,10 @@ def plan_blocks(ctx, inputs: dict[str, list[str]], blocksize: int) -> list[Block
         part = 0
         for file_index, url in enumerate(urls):
             compression = infer_compression(url)
+            ranges: list[tuple[int, int | None]] = [(0, None)]
             if compression is None:
-                fs, path = url_to_fs(url, **so)
-                size = int(fs.size(path))
+                size = url_size(url, so)
                 ranges = [(s, min(s + blocksize, size)) for s in range(0, max(size, 1), blocksize)]
-            else:
-                ranges = [(0, None)]
             for start, stop in ranges:
                 tasks.append(
                     BlockTask(
@@ -251,77 +254,66 @@ def plan_blocks(ctx, inputs: dict[str, list[str]], blocksize: int) -> list[Block
     return tasks
 
 
-def _execute(ctx, tasks: list[BlockTask]) -> list[dict[str, Any]]:
+def _execute(ctx: StageContext, tasks: list[BlockTask]) -> list[dict[str, Any]]:
     """Run the block tasks on the run's Dask cluster; results in task order."""
-    from distributed import as_completed
-
     client = ctx.client()
     run_id = uuid.uuid4().hex[:8]
     futures = client.map(
         ingest_block, tasks, key=[f"ingest-{t.split}-{t.part:05d}-{run_id}" for t in tasks], pure=False
     )
-    position = {f.key: i for i, f in enumerate(futures)}
-    results: list[dict[str, Any] | None] = [None] * len(tasks)
-    started = last_log = time.monotonic()
-    rows = done = 0
-    try:
-        for fut in as_completed(futures):
-            i = position[fut.key]
-            try:
-                results[i] = fut.result()
-            except Exception as exc:
-                raise IngestError(f"ingest of {tasks[i].describe()} failed: {type(exc).__name__}: {exc}") from exc
-            done += 1
-            rows += results[i]["rows_in"]
-            now = time.monotonic()
-            if now - last_log >= _LOG_EVERY_S or done == len(tasks):
-                last_log = now
-                rate = rows / max(now - started, 1e-9)
-                ctx.log("%d/%d blocks, %s lines, %s lines/s", done, len(tasks), f"{rows:,}", f"{rate:,.0f}")
-    finally:
-        if done < len(tasks):
-            client.cancel(futures)
-    return results  # type: ignore[return-value]
+
+    def failed(i: int, exc: Exception) -> Exception:
+        return IngestError(f"ingest of {tasks[i].describe()} failed: {type(exc).__name__}: {exc}")
+
+    return gather_in_order(
+        futures, "blocks", ctx.log, amount=lambda r: int(r["rows_in"]), unit="lines", wrap_error=failed
+    )
 
 
-def _write_quarantine(ctx, split: str, tasks: list[BlockTask], results: list[dict[str, Any]]) -> int:
-    """Merge the split's per-block bad lines into ``quarantine/{split}.parquet`` with 1-based line
-    numbers (lines before a block in its file = prefix sum of earlier blocks' line counts)."""
-    rel = f"quarantine/{split}.parquet"
+def _merge_quarantine(sink: IO[bytes], tasks: list[BlockTask], results: list[dict[str, Any]],
+                      row_group_size: int) -> int:
+    """Write the blocks' bad lines to ``sink`` with 1-based line numbers (lines before a block in its
+    file = prefix sum of earlier blocks' line counts); return how many."""
     rows = 0
     lines_before = 0
     prev_file = -1
     writer = None
-    with ctx.open_out(rel, "wb") as raw_out:
-        sink = HashingWriter(raw_out)
-        try:
-            for task, res in zip(tasks, results):
-                if task.file_index != prev_file:
-                    prev_file, lines_before = task.file_index, 0
-                if res["first_bad"] is not None:
-                    fs, path = url_to_fs(task.quarantine_url, **task.storage_options)
-                    with fs.open(path, "rb") as f:
-                        bad = pq.read_table(f, schema=QUARANTINE_BLOCK_SCHEMA)
-                    table = pa.Table.from_arrays(
-                        [
-                            pa.array([task.url] * bad.num_rows, pa.string()),
-                            pc.add(bad.column("line_index"), lines_before + 1),
-                            bad.column("reason"),
-                            bad.column("field"),
-                            bad.column("raw"),
-                        ],
-                        schema=QUARANTINE_SCHEMA,
-                    )
-                    if writer is None:
-                        writer = pq.ParquetWriter(sink, QUARANTINE_SCHEMA, compression="zstd")
-                    writer.write_table(table, row_group_size=ctx.cfg.ingest.row_group_size)
-                    rows += table.num_rows
-                lines_before += res["lines"]
-        finally:
-            if writer is not None:
-                writer.close()
-        sink.flush()
-    ctx.file_meta[rel] = {"rows": rows, "bytes": sink.nbytes, "sha256": sink.sha.hexdigest(), "split": split}
+    try:
+        for task, res in zip(tasks, results):
+            if task.file_index != prev_file:
+                prev_file, lines_before = task.file_index, 0
+            if res["first_bad"] is not None:
+                bad = read_parquet(task.quarantine_url, task.storage_options, schema=QUARANTINE_BLOCK_SCHEMA)
+                table = pa.Table.from_arrays(
+                    [
+                        pa.array([task.url] * bad.num_rows, pa.string()),
+                        pc.add(bad.column("line_index"), lines_before + 1),
+                        bad.column("reason"),
+                        bad.column("field"),
+                        bad.column("raw"),
+                    ],
+                    schema=QUARANTINE_SCHEMA,
+                )
+                if writer is None:
+                    writer = pq.ParquetWriter(sink, QUARANTINE_SCHEMA, compression="zstd")
+                writer.write_table(table, row_group_size=row_group_size)
+                rows += table.num_rows
+            lines_before += res["lines"]
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _write_quarantine(ctx: StageContext, split: str, tasks: list[BlockTask], results: list[dict[str, Any]]) -> int:
+    """Merge the split's per-block bad lines into ``quarantine/{split}.parquet``; return how many."""
+    rel = f"quarantine/{split}.parquet"
+    rows, written = write_url(
+        ctx.out_url(rel),
+        lambda sink: _merge_quarantine(sink, tasks, results, ctx.cfg.ingest.row_group_size),
+        ctx.store.storage_options,
+    )
+    ctx.file_meta[rel] = {"rows": rows, **written.meta(), "split": split}
     return rows
 
 
@@ -338,7 +330,7 @@ def _first_bad(tasks: list[BlockTask], results: list[dict[str, Any]]) -> str:
     return "-"
 
 
-def run(ctx) -> None:
+def run(ctx: StageContext) -> None:
     cfg = ctx.cfg.ingest
     try:
         blocksize = int(parse_bytes(cfg.blocksize))

@@ -40,17 +40,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
+from ...compute.progress import gather_in_order
 from ...config import SPLITS
-from .windows import select_windows
 from ...recsys_format import TARGET_TIMESTAMP, TARGETS
+from ...storage import read_parquet, write_parquet
 from .clean import (
     ENGAGEMENT_BITS,
     TOKEN_LIST,
@@ -68,6 +68,10 @@ from .clean import (
     take_ragged,
     truncate_ragged,
 )
+from .windows import select_windows
+
+if TYPE_CHECKING:
+    from ...engine.context import StageContext
 
 #: Rows per Parquet row group of the output (each row holds H token lists).
 ROW_GROUP_ROWS = 16_384
@@ -151,18 +155,9 @@ class Params:
 # --------------------------------------------------------------------------------------------
 # I/O helpers
 # --------------------------------------------------------------------------------------------
-def _read_table(url: str, columns: list[str], storage_options: dict) -> pa.Table:
-    fs, path = url_to_fs(url, **storage_options)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=columns)
-
-
-def _write_table(table: pa.Table, url: str, storage_options: dict) -> None:
-    fs, path = url_to_fs(url, **storage_options)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+def _write_table(table: pa.Table, url: str, storage_options: dict[str, Any]) -> None:
+    """Write a scratch or output file (zstd, :data:`ROW_GROUP_ROWS` rows per row group)."""
+    write_parquet(table, url, storage_options, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def _int_array(table: pa.Table, col: str, dtype=np.int64) -> np.ndarray:
@@ -187,7 +182,7 @@ def engagement_columns(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
 def clean_part(part: Part, params: Params) -> dict:
     """Step 1 for one ingest part: cleaned tokens + engagement columns → a scratch file."""
     label_cols = [TARGET_TIMESTAMP[t] for t in TARGETS]
-    table = _read_table(part.in_url, _INGEST_COLUMNS + label_cols, params.storage_options)
+    table = read_parquet(part.in_url, params.storage_options, columns=_INGEST_COLUMNS + label_cols)
     row_id = _int_array(table, "row_id")
     if len(row_id) > 1 and not np.all(np.diff(row_id) > 0):
         raise ValueError(f"{part.in_url}: row_id is not strictly increasing (ingest contract, data-format §4)")
@@ -218,9 +213,8 @@ def clean_part(part: Part, params: Params) -> dict:
 # --------------------------------------------------------------------------------------------
 def read_keys(part: Part, storage_options: dict) -> pd.DataFrame:
     """Key columns of one scratch part (no tokens): what the user shuffle carries."""
-    t = _read_table(
-        part.work_url, ["row_id", "b_user_id", "tweet_id", "tweet_timestamp", "eng_time", "eng_mask"], storage_options
-    )
+    columns = ["row_id", "b_user_id", "tweet_id", "tweet_timestamp", "eng_time", "eng_mask"]
+    t = read_parquet(part.work_url, storage_options, columns=columns)
     n = t.num_rows
     return pd.DataFrame(
         {
@@ -278,7 +272,7 @@ def gather_items(refs: pd.DataFrame, parts: list[Part], params: Params, partitio
     fidx = refs.index.to_numpy()
     if not np.all(fidx == part.fidx):
         raise RuntimeError(f"gather partition {part.fidx} received references into parts {np.unique(fidx).tolist()}")
-    w = _read_table(part.work_url, ["row_id", "eng_time", "eng_mask", "tokens"], params.storage_options)
+    w = read_parquet(part.work_url, params.storage_options, columns=["row_id", "eng_time", "eng_mask", "tokens"])
     pos = _positions(_int_array(w, "row_id"), refs["e_row_id"].to_numpy(), part.work_url)
     values, offsets = take_ragged(*list_parts(w.column("tokens")), pos)
     mask = _int_array(w, "eng_mask", np.int8)[pos]
@@ -320,7 +314,7 @@ def assemble_part(items: pd.DataFrame, parts: list[Part], params: Params, partit
     h = params.size
     if len(items) and not np.all(items.index.to_numpy() == part.fidx):
         raise RuntimeError(f"assemble partition {part.fidx} received items of other parts")
-    w = _read_table(part.work_url, ["row_id", "tweet_timestamp", "tokens"], params.storage_options)
+    w = read_parquet(part.work_url, params.storage_options, columns=["row_id", "tweet_timestamp", "tokens"])
     n = w.num_rows
     row_ids = _int_array(w, "row_id")
 
@@ -370,7 +364,7 @@ def assemble_part(items: pd.DataFrame, parts: list[Part], params: Params, partit
 # --------------------------------------------------------------------------------------------
 # the stage
 # --------------------------------------------------------------------------------------------
-def list_parts_of(ctx) -> list[Part]:
+def list_parts_of(ctx: StageContext) -> list[Part]:
     """The ingest parts (``{split}/part-*.parquet``, quarantine excluded) in (split, path) order."""
     ingest = ctx.input("ingest")
     sources = set(ctx.cfg.history.sources)
@@ -398,55 +392,28 @@ def list_parts_of(ctx) -> list[Part]:
     return parts
 
 
-def _log_progress(ctx, what: str, futures, total: int) -> list:
-    from distributed import as_completed
-
-    done, step, results = 0, max(1, total // 10), []
-    for fut in as_completed(futures):
-        results.append(fut.result())
-        done += 1
-        if done % step == 0 or done == total:
-            ctx.log("%s: %d/%d", what, done, total)
-    return results
-
-
-def run(ctx) -> None:
-    import dask.dataframe as dd
-
+def _params(ctx: StageContext) -> Params:
+    """The worker-side settings: tokenizers, cleaning method, history window."""
     cfg = ctx.cfg
-    started = time.time()
-    client = ctx.client()
-    parts = list_parts_of(ctx)
     source = source_tokenizer_spec(cfg.data.tokenizer)
     encoder = encoder_tokenizer_spec(cfg.model.encoder)
-    method = cleaning_method(source, encoder)
-    params = Params(
+    return Params(
         source=source,
         encoder=encoder,
-        method=method,
+        method=cleaning_method(source, encoder),
         max_content=cfg.text.max_length - 2,
         size=cfg.history.size,
         window=cfg.history.window,
         prefix=cfg.history.prefix,
         storage_options=dict(ctx.store.storage_options),
     )
-    ctx.log(
-        "%d part(s), source tokenizer %s, encoder tokenizer %s, cleaning by %s", len(parts), source, encoder, method
-    )
 
-    # 1. clean (one task per part)
-    futures = client.map(clean_part, parts, params=params, pure=False)
-    cleaned = sorted(_log_progress(ctx, "clean", futures, len(parts)), key=lambda r: r["fidx"])
-    total = sum(r["rows"] for r in cleaned)
-    n_user_parts = max(1, math.ceil(total / cfg.text.partition_rows))
-    ctx.log(
-        "clean done: %d rows, %d engagements; windows over %d user partition(s)",
-        total,
-        sum(r["engagements"] for r in cleaned),
-        n_user_parts,
-    )
 
-    # 2-4. windows, gather, assemble; partition i of steps 3 and 4 is part i.
+def _windows_and_assemble(ctx: StageContext, parts: list[Part], params: Params, n_user_parts: int) -> pd.DataFrame:
+    """Steps 2-4 (windows, gather, assemble; partition i of steps 3 and 4 is part i): the output
+    files are written; returns their summary (rows, history-length counts), indexed by ``fidx``."""
+    import dask.dataframe as dd
+
     keys = dd.from_map(
         read_keys,
         parts,
@@ -462,12 +429,17 @@ def run(ctx) -> None:
     items = refs.set_index("e_fidx", divisions=divisions).map_partitions(gather_items, parts, params, meta=_ITEM_META)
     stats_meta = pd.DataFrame({c: pd.Series(dtype="int64") for c in ["fidx", "rows", *_hist_columns(params.size)]})
     stats = items.set_index("t_fidx", divisions=divisions).map_partitions(assemble_part, parts, params, meta=stats_meta)
-    frames = _log_progress(ctx, "windows + assemble", client.compute(stats.to_delayed()), len(parts))
+    frames = gather_in_order(ctx.client().compute(stats.to_delayed()), "windows + assemble", ctx.log)
     summary = pd.concat(frames).set_index("fidx").sort_index()
     if summary.index.tolist() != [p.fidx for p in parts]:
         raise RuntimeError(f"assembled {len(summary)} of {len(parts)} parts")
+    return summary
 
-    # 5. manifest
+
+def _record_files(ctx: StageContext, parts: list[Part], cleaned: list[dict[str, Any]], summary: pd.DataFrame,
+                  size: int) -> dict[str, Any]:
+    """Check every output's row count against ingest, record it in ``ctx.file_meta``; return the
+    per-split manifest statistics (history-length histogram, rows, engagements)."""
     hist: dict[str, np.ndarray] = {}
     rows_by_split: dict[str, int] = {}
     engagements: dict[str, int] = {}
@@ -476,21 +448,51 @@ def run(ctx) -> None:
         if rows != r["rows"]:
             raise RuntimeError(f"{part.rel}: wrote {rows} rows but ingest has {r['rows']}")
         ctx.file_meta[part.rel] = {"rows": rows, "split": part.split}
-        counts = summary.loc[part.fidx, _hist_columns(params.size)].to_numpy(dtype=np.int64)
+        counts = summary.loc[part.fidx, _hist_columns(size)].to_numpy(dtype=np.int64)
         hist[part.split] = hist.get(part.split, 0) + counts
         rows_by_split[part.split] = rows_by_split.get(part.split, 0) + rows
         engagements[part.split] = engagements.get(part.split, 0) + r["engagements"]
+    return {
+        "hist_len_hist": {split: counts.tolist() for split, counts in hist.items()},
+        "rows": rows_by_split,
+        "engagements": engagements,
+    }
+
+
+def run(ctx: StageContext) -> None:
+    cfg = ctx.cfg
+    started = time.time()
+    client = ctx.client()
+    parts = list_parts_of(ctx)
+    params = _params(ctx)
+    ctx.log(
+        "%d part(s), source tokenizer %s, encoder tokenizer %s, cleaning by %s",
+        len(parts), params.source, params.encoder, params.method,
+    )
+
+    # 1. clean (one task per part)
+    cleaned = gather_in_order(client.map(clean_part, parts, params=params, pure=False), "clean", ctx.log)
+    total = sum(r["rows"] for r in cleaned)
+    n_user_parts = max(1, math.ceil(total / cfg.text.partition_rows))
+    ctx.log(
+        "clean done: %d rows, %d engagements; windows over %d user partition(s)",
+        total,
+        sum(r["engagements"] for r in cleaned),
+        n_user_parts,
+    )
+    summary = _windows_and_assemble(ctx, parts, params, n_user_parts)
+
+    # 5. manifest
+    per_split = _record_files(ctx, parts, cleaned, summary, params.size)
     elapsed = time.time() - started
     ctx.extra.update(
         history=cfg.section("history"),
         max_length=cfg.text.max_length,
-        encoder_tokenizer=encoder,
-        source_tokenizer=source,
-        cleaning=method,
-        special_tokens=special_tokens(encoder),
-        hist_len_hist={split: counts.tolist() for split, counts in hist.items()},
-        rows=rows_by_split,
-        engagements=engagements,
+        encoder_tokenizer=params.encoder,
+        source_tokenizer=params.source,
+        cleaning=params.method,
+        special_tokens=special_tokens(params.encoder),
+        **per_split,
         user_partitions=n_user_parts,
     )
     ctx.log("done: %d rows in %.1fs (%.0f rows/s)", total, elapsed, total / max(elapsed, 1e-9))
