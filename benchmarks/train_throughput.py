@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 import torch
 
 from microparade.config import ModelConfig
+from microparade.model import SpecialTokens, build_model, encode_batch
 from microparade.model.loader import ChunkLoader
-from microparade.model import build_model, encode_batch
-from microparade.model.batching import SpecialTokens
 from microparade.recsys_format import TARGETS
+from microparade.stages.chunks.contract import SCHEMA_VERSION, ChunksManifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import update_section  # noqa: E402
@@ -83,37 +83,45 @@ def chunk_table(n: int, h: int, empty: float, max_length: int, seed: int) -> pa.
             "hist_hour": fixed(hours, pa.int8()),
             "hist_mask": fixed(mask, pa.bool_()),
             "hist_len": pa.array(n_valid.astype(np.int8)),
-            "features": pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=n * N_FEATURES).astype(np.float32)), N_FEATURES),
+            "features": pa.FixedSizeListArray.from_arrays(
+                pa.array(rng.normal(size=n * N_FEATURES).astype(np.float32)), N_FEATURES
+            ),
         }
     )
 
 
-def write_chunks(directory: Path, h: int, rows: int, chunks: int, empty: float, max_length: int) -> dict:
-    """Chunk files + the manifest dict the loader reads (what the chunks stage would publish)."""
+def write_chunks(directory: Path, h: int, rows: int, chunks: int, empty: float, max_length: int) -> ChunksManifest:
+    """Chunk files + the parsed manifest the loader reads (what the chunks stage would publish)."""
     files = []
+    positives = np.zeros(len(TARGETS))
     for c in range(chunks):
         rel = f"train/chunk-{c:05d}.parquet"
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(chunk_table(rows // chunks, h, empty, max_length, seed=h * 100 + c), path, compression="zstd")
+        table = chunk_table(rows // chunks, h, empty, max_length, seed=h * 100 + c)
+        positives += [np.sum(table.column(t).to_numpy()) for t in TARGETS]
+        pq.write_table(table, path, compression="zstd")
         data = path.read_bytes()
-        files.append({"path": rel, "rows": rows // chunks, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "split": "train"})
-    return {
-        "files": files,
-        "extra": {
-            "schema_version": 1,
-            "feature_names": [f"f{i}" for i in range(N_FEATURES)],
-            "normalization": {"mean": [0.0] * N_FEATURES, "std": [1.0] * N_FEATURES},
-            "history_size": h,
-            "max_length": max_length,
-            "special_tokens": SPECIALS,
-        },
+        sha = hashlib.sha256(data).hexdigest()
+        files.append({"path": rel, "rows": table.num_rows, "bytes": len(data), "sha256": sha, "split": "train"})
+    n = sum(f["rows"] for f in files)
+    train = {"rows": n, "chunks": chunks, "label_rates": {t: float(p / n) for t, p in zip(TARGETS, positives)}}
+    extra = {
+        "schema_version": SCHEMA_VERSION,
+        "feature_names": [f"f{i}" for i in range(N_FEATURES)],
+        "normalization": {"mean": [0.0] * N_FEATURES, "std": [1.0] * N_FEATURES},
+        "history_size": h,
+        "max_length": max_length,
+        "encoder_tokenizer": "minilm",
+        "special_tokens": SPECIALS,
+        "splits": {"train": train},
     }
+    return ChunksManifest.from_dict({"files": files, "extra": extra}, str(directory))
 
 
 def measure(model, batches, encoding: str, max_length: int, token_budget: int, warmup: int) -> dict:
     """examples/s of forward + backward + Adam step, and data efficiency, over ``batches``."""
-    specials = SpecialTokens.from_manifest(SPECIALS)
+    specials = SpecialTokens.from_mapping(SPECIALS)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     model.train()
     examples = valid = encoded = 0
@@ -131,7 +139,12 @@ def measure(model, batches, encoding: str, max_length: int, token_budget: int, w
             examples += len(ex)
             valid += mb.valid_tokens
             encoded += mb.encoded_tokens
-    return {"examples_per_s": examples / seconds, "efficiency": valid / encoded, "seconds": seconds, "examples": examples}
+    return {
+        "examples_per_s": examples / seconds,
+        "efficiency": valid / encoded,
+        "seconds": seconds,
+        "examples": examples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,14 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         for h in args.histories:
-            manifest = write_chunks(Path(tmp) / f"h{h}", h, rows, chunks=2, empty=args.empty, max_length=args.max_length)
-            with ChunkLoader(manifest, str(Path(tmp) / f"h{h}"), "train", batch_size=args.batch_size, seed=0) as lo:
+            directory = Path(tmp) / f"h{h}"
+            manifest = write_chunks(directory, h, rows, chunks=2, empty=args.empty, max_length=args.max_length)
+            with ChunkLoader(manifest, "train", batch_size=args.batch_size, seed=0) as lo:
                 batches = [b.examples for b in lo.epoch(0)][:n_batches]
             slots = np.concatenate([b.hist_mask for b in batches])
             row = {"h": h, "empty": 1.0 - float(slots.mean())}
             for encoding in ("efficient", "naive"):
                 torch.manual_seed(0)
-                model = build_model(ModelConfig(encoder=args.encoder), manifest["extra"], seed=0)
+                model = build_model(ModelConfig(encoder=args.encoder), manifest, seed=0)
                 row[encoding] = measure(model, batches, encoding, args.max_length, args.token_budget, args.warmup)
                 print(
                     f"H={h:2d} {encoding:9s} {row[encoding]['examples_per_s']:8.2f} ex/s  "
@@ -194,12 +208,14 @@ def render(results: list[dict], args, started: str, load_start, load_end) -> str
         f"(drawn); forward + backward + Adam step of the same model on the same batches, {args.steps} timed steps "
         f"after {args.warmup} warm-up per encoding. Command: `python benchmarks/train_throughput.py {argv}`.",
         "",
-        "| H | empty slots | efficient ex/s | naive ex/s | speed-up | data efficiency (efficient) | data efficiency (naive) |",
+        "| H | empty slots | efficient ex/s | naive ex/s | speed-up "
+        "| data efficiency (efficient) | data efficiency (naive) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['h']} | {r['empty']:.0%} | {r['efficient']['examples_per_s']:.2f} | {r['naive']['examples_per_s']:.2f} "
+            f"| {r['h']} | {r['empty']:.0%} | {r['efficient']['examples_per_s']:.2f} "
+            f"| {r['naive']['examples_per_s']:.2f} "
             f"| {r['speedup']:.2f}x | {r['efficient']['efficiency']:.1%} | {r['naive']['efficiency']:.1%} |"
         )
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import fsspec
 import numpy as np
 import pytest
 
-import _train_helpers as h
+import tests.helpers.train as h
 from microparade.model.loader import ChunkChecksumError, ChunkLoader, LoaderState
 
 SIZES = [23, 17, 30, 9]  # four train chunks, 79 rows

@@ -10,12 +10,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-import _train_helpers as h
+import tests.helpers.train as h
 from microparade.config import ModelConfig
 from microparade.model import build_model, encode_batch, load_model_bundle, model_bundle
 from microparade.model.batching import Examples, SpecialTokens, bucket_ladder
 from microparade.model.encoder import TINY_CONFIG, encoder_config, load_encoder
 from microparade.model.network import MicroParade
+from microparade.stages.chunks.contract import ChunksManifest
 
 SPECIALS = SpecialTokens(cls=101, sep=102, pad=0)
 
@@ -28,14 +29,19 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _extra(n_features: int, history_size: int, max_length: int = 64) -> dict:
-    return {
+def _chunks(n_features: int, history_size: int, max_length: int = 64) -> ChunksManifest:
+    """A parsed chunks manifest without chunks: what building a model needs."""
+    extra = {
+        "schema_version": 1,
         "feature_names": [f"f{i}" for i in range(n_features)],
         "normalization": {"mean": [0.5] * n_features, "std": [2.0] * n_features},
         "history_size": history_size,
         "max_length": max_length,
+        "encoder_tokenizer": "minilm",
         "special_tokens": dict(h.SPECIAL_TOKENS),
+        "splits": {},
     }
+    return ChunksManifest.from_dict({"files": [], "extra": extra}, "memory://model-test/chunks")
 
 
 def _examples(n: int, history_size: int = 6, seed: int = 0, empty_fraction: float = 0.7) -> Examples:
@@ -151,7 +157,7 @@ def test_buckets_token_budget_and_static_shapes():
 def test_efficient_equals_naive_logits(heads):
     ex = _examples(24, history_size=6, seed=1)
     cfg = ModelConfig(encoder="tiny", heads=heads, agg_heads=4)
-    model = build_model(cfg, _extra(5, 6), seed=0).eval()
+    model = build_model(cfg, _chunks(5, 6), seed=0).eval()
     eff = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="efficient", token_budget=512)
     naive = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="naive")
     static = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="efficient", token_budget=512, static_shapes=True)
@@ -167,7 +173,7 @@ def test_efficient_equals_naive_logits(heads):
 def test_efficient_and_naive_gradients_agree():
     """Same loss and gradients (dropout off): training with either encoding is the same computation."""
     ex = _examples(12, history_size=4, seed=6)
-    model = build_model(ModelConfig(encoder="tiny"), _extra(5, 4), seed=0).eval()
+    model = build_model(ModelConfig(encoder="tiny"), _chunks(5, 4), seed=0).eval()
     grads = []
     for encoding in ("efficient", "naive"):
         model.zero_grad()
@@ -185,10 +191,10 @@ def test_efficient_and_naive_gradients_agree():
 
 
 def test_multi_heads_are_separate_nets():
-    model = build_model(ModelConfig(encoder="tiny", heads="multi"), _extra(5, 6), seed=0)
+    model = build_model(ModelConfig(encoder="tiny", heads="multi"), _chunks(5, 6), seed=0)
     assert len(model.heads) == 4
     assert all(head.output[-1].out_features == 1 for head in model.heads)
-    single = build_model(ModelConfig(encoder="tiny"), _extra(5, 6), seed=0)
+    single = build_model(ModelConfig(encoder="tiny"), _chunks(5, 6), seed=0)
     assert len(single.heads) == 1 and single.heads[0].output[-1].out_features == 4
     # compress 64 -> 192, concat 5 features -> 197 -> hidden 192 -> out
     assert single.heads[0].compress[0].in_features == 64 and single.heads[0].output[0].in_features == 197
@@ -197,7 +203,7 @@ def test_multi_heads_are_separate_nets():
 def test_masked_slots_do_not_matter():
     ex = _examples(8, history_size=4, seed=2)
     assert ex.hist_mask.any() and not ex.hist_mask.all()
-    model = build_model(ModelConfig(encoder="tiny"), _extra(5, 4), seed=0).eval()
+    model = build_model(ModelConfig(encoder="tiny"), _chunks(5, 4), seed=0).eval()
     # Content in a masked slot (tokens + hour), encoded by the naive path, changes nothing ...
     table = h.chunk_table(8, history_size=4, n_features=5, seed=2).to_pydict()
     for i in range(8):
@@ -219,7 +225,7 @@ def test_masked_slots_do_not_matter():
 
 def test_use_time_false_ignores_hours():
     ex = _examples(8, history_size=4, seed=2)
-    model = build_model(ModelConfig(encoder="tiny", use_time=False), _extra(5, 4), seed=0).eval()
+    model = build_model(ModelConfig(encoder="tiny", use_time=False), _chunks(5, 4), seed=0).eval()
     assert not hasattr(model, "hour_embedding")
     shifted = ex.take(np.arange(8))
     shifted.hist_hour = np.where(shifted.hist_mask, (shifted.hist_hour + 7) % 24, 24)
@@ -231,7 +237,7 @@ def test_use_time_false_ignores_hours():
 
 def test_features_only_model_has_no_encoder():
     ex = _examples(8, history_size=4)
-    model = build_model(ModelConfig(encoder="tiny", use_text=False), _extra(5, 4), seed=0).eval()
+    model = build_model(ModelConfig(encoder="tiny", use_text=False), _chunks(5, 4), seed=0).eval()
     assert not hasattr(model, "encoder") and not hasattr(model, "aggregator")
     mb = encode_batch(ex, specials=SPECIALS, max_length=64, use_text=False)
     assert mb.groups == [] and mb.encoded_tokens == 0
@@ -243,7 +249,7 @@ def test_features_only_model_has_no_encoder():
 
 
 def test_feature_normalisation_buffers():
-    model = build_model(ModelConfig(encoder="tiny", use_text=False, dropout=0.0), _extra(2, 2), seed=0).eval()
+    model = build_model(ModelConfig(encoder="tiny", use_text=False, dropout=0.0), _chunks(2, 2), seed=0).eval()
     assert model.feature_mean.tolist() == [0.5, 0.5] and model.feature_std.tolist() == [2.0, 2.0]
     assert "feature_mean" in model.state_dict()
     ex = _tiny_example()
@@ -256,17 +262,24 @@ def test_feature_normalisation_buffers():
 
 def test_agg_heads_must_divide_hidden():
     with pytest.raises(ValueError, match="agg_heads=6 must divide"):
-        build_model(ModelConfig(encoder="tiny", agg_heads=6), _extra(5, 4), seed=0)
+        build_model(ModelConfig(encoder="tiny", agg_heads=6), _chunks(5, 4), seed=0)
 
 
 def test_model_bundle_round_trip():
     ex = _examples(12, history_size=4, seed=5)
     cfg = ModelConfig(encoder="tiny", heads="multi")
-    model = build_model(cfg, _extra(5, 4), seed=7).eval()
+    model = build_model(cfg, _chunks(5, 4), seed=7).eval()
     buf = io.BytesIO()
-    torch.save(model_bundle(model, cfg, _extra(5, 4)), buf)
+    torch.save(model_bundle(model, cfg, _chunks(5, 4)), buf)
     bundle = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     assert bundle["special_tokens"]["cls"] == 101 and bundle["history_size"] == 4
+    # The model.pt format: these keys, in this order, with plain Python values.
+    assert list(bundle) == ["format", "state_dict", "model_config", "encoder_config", "feature_names",
+                            "normalization", "history_size", "max_length", "special_tokens", "encoder_tokenizer"]
+    assert bundle["feature_names"] == [f"f{i}" for i in range(5)]
+    assert bundle["normalization"] == {"mean": [0.5] * 5, "std": [2.0] * 5}
+    assert bundle["special_tokens"] == h.SPECIAL_TOKENS and bundle["encoder_tokenizer"] == "minilm"
+    assert bundle["max_length"] == 64
     again = load_model_bundle(bundle)
     assert not again.training
     mb = encode_batch(ex, specials=SPECIALS, max_length=64)
@@ -329,11 +342,11 @@ def test_minilm_encoder_real_weights():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_efficient_equals_naive_on_cuda():
     ex = _examples(16, history_size=6, seed=4)
-    model = build_model(ModelConfig(encoder="tiny"), _extra(5, 6), seed=0).eval().cuda()
+    model = build_model(ModelConfig(encoder="tiny"), _chunks(5, 6), seed=0).eval().cuda()
     with torch.no_grad():
         a = model(encode_batch(ex, specials=SPECIALS, max_length=64).to("cuda"))
         b = model(encode_batch(ex, specials=SPECIALS, max_length=64, encoding="naive").to("cuda"))
-        cpu = build_model(ModelConfig(encoder="tiny"), _extra(5, 6), seed=0).eval()
+        cpu = build_model(ModelConfig(encoder="tiny"), _chunks(5, 6), seed=0).eval()
         c = cpu(encode_batch(ex, specials=SPECIALS, max_length=64))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.cpu(), c, rtol=1e-3, atol=1e-3)

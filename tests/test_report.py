@@ -139,10 +139,11 @@ def _fake_chunks(ctx) -> None:
             if s != "test":
                 rates += np.array([t.column(c).to_numpy().sum() for c in TARGETS])
         splits[s] = {"rows": sum(parts), "chunks": len(parts),
-                     "label_rates": {} if s == "test" else {c: float(r / sum(parts)) for c, r in zip(TARGETS, rates)}}
+                     "label_rates": None if s == "test" else {c: float(r / sum(parts)) for c, r in zip(TARGETS, rates)}}
     ctx.extra.update(schema_version=1, feature_names=[f"f{i}" for i in range(N_FEATURES)],
                      normalization={"mean": [0.0] * N_FEATURES, "std": [1.0] * N_FEATURES},
-                     history_size=H, max_length=64, splits=splits)
+                     history_size=H, max_length=64, encoder_tokenizer="minilm",
+                     special_tokens={"cls": 101, "sep": 102, "pad": 0}, splits=splits)
 
 
 def _fake_train(ctx) -> None:

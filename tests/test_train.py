@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-import _train_helpers as h
+import tests.helpers.train as h
 from microparade.compute.backends import BackendError, dist_env, first_host, make_backend
 from microparade.model.loader import ChunkLoader, LoaderState
 from microparade.metrics import compute_metrics
@@ -40,7 +40,7 @@ SPLITS = {"train": [40, 33, 25], "valid": [30], "test": [12]}
 @pytest.fixture
 def stages(monkeypatch):
     """The pipeline = the test chunks stage + the real train and evaluate stages."""
-    import microparade.stages as st
+    import microparade.engine.registry as st
 
     keep = [s for s in st.STAGES if s.name in ("train", "evaluate")]
     monkeypatch.setattr(st, "STAGES", (h.chunks_spec(), *keep))
@@ -329,8 +329,8 @@ def test_ddp_on_cpu_with_torchrun(tmp_path, stages):
     cfg_path = _write_yaml(tmp_path / "cfg.yaml", run, {**TRAIN, "train.max_steps": 3})
     script = tmp_path / "entry.py"
     script.write_text(
-        "import sys\nsys.path.insert(0, %r)\nimport _train_helpers as h\nh.patch_stages()\n"
-        "from microparade.cli import main\nsys.exit(main(sys.argv[1:]))\n" % str(h.TESTS_DIR)
+        "import sys\nfrom tests.helpers.train import patch_stages\npatch_stages()\n"
+        "from microparade.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     )
     env = h.subprocess_env()
     proc = subprocess.run(
@@ -397,6 +397,7 @@ def test_end_to_end_on_generated_data(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a 24,000-row pipeline and two trainings of 3 epochs
 def test_text_model_beats_features_only(tmp_path):
     """The planted text signal is learnt: MicroParade (tiny random encoder, trained from scratch)
     beats its features-only ablation on the validation split's avg AP after the same short training

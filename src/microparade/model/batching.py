@@ -25,9 +25,8 @@ by tokens the encoder processed (padding and empty-slot pairs included).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..recsys_format import TARGETS
+from ..stages.chunks.contract import SpecialTokens
 
 #: Sequence lengths are padded up to a multiple of this (the bucket ladder's step).
 BUCKET_STEP = 8
@@ -218,20 +218,6 @@ ID_COLUMNS: tuple[str, ...] = ("tweet_id", "b_user_id")
 # ----------------------------------------------------------------------------------------------
 # model batches
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SpecialTokens:
-    cls: int
-    sep: int
-    pad: int
-
-    @classmethod
-    def from_manifest(cls, special: Mapping[str, Any]) -> SpecialTokens:
-        missing = [k for k in ("cls", "sep", "pad") if k not in special]
-        if missing:
-            raise ValueError(f"the chunks manifest's special_tokens lacks {missing}: {dict(special)}")
-        return cls(int(special["cls"]), int(special["sep"]), int(special["pad"]))
-
-
 @dataclass
 class EncoderGroup:
     """One encoder call: ``n`` sequences of one length; the first ``n_real`` rows are real."""
@@ -430,4 +416,3 @@ def _group(
         slots=torch.from_numpy(np.ascontiguousarray(flat, dtype=np.int64)),
         n_real=n_real,
     )
-

@@ -2,8 +2,9 @@
 
 What it does (the paper's loader, made exact and restartable):
 
-- **Manifest only.** The chunks and their sha256 come from ``{run_dir}/chunks/_MANIFEST.json``;
-  the bucket is never listed (listings on object stores are slow and may be stale).
+- **Manifest only.** The chunks and their sha256 come from the parsed chunks manifest
+  (:class:`~microparade.stages.chunks.contract.ChunksManifest`); the bucket is never listed
+  (listings on object stores are slow and may be stale).
 - **Order.** Epoch ``e`` visits the chunks of a split in a permutation seeded by ``(seed, e)``
   (``shuffle=False``: manifest order), and shuffles the rows of each chunk with a permutation
   seeded by ``(seed, e, chunk)``; the chunks stage already shuffled globally, this re-mixes rows
@@ -30,7 +31,6 @@ What it does (the paper's loader, made exact and restartable):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -41,10 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from ..stages.chunks.contract import ChunkFile, ChunksManifest
+from ..storage import retry
 from .batching import ID_COLUMNS, TRAIN_COLUMNS, Examples
-from ..storage import join, normalize_url, retry
-
-MANIFEST_NAME = "_MANIFEST.json"
 
 
 class ChunkChecksumError(ValueError):
@@ -79,26 +78,15 @@ class Batch:
         return len(self.examples)
 
 
-@dataclass(frozen=True)
-class ChunkInfo:
-    path: str  # relative to the chunks stage directory
-    url: str
-    rows: int
-    bytes: int
-    sha256: str
-
-
 class ChunkLoader:
     """Stream one split's chunks as :class:`Batch` es (see the module docstring).
 
-    ``manifest`` is the parsed chunks manifest and ``base_url`` the chunks stage directory; use
-    :meth:`from_run_dir` to read both from a run directory.
+    ``manifest`` is the parsed chunks manifest; :meth:`from_run_dir` reads it from a run directory.
     """
 
     def __init__(
         self,
-        manifest: dict[str, Any],
-        base_url: str,
+        manifest: ChunksManifest,
         split: str,
         *,
         batch_size: int,
@@ -110,43 +98,33 @@ class ChunkLoader:
         drop_last: bool = False,
         with_ids: bool = False,
         storage_options: dict[str, Any] | None = None,
-    ):
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if remainder not in ("drop", "pad"):
             raise ValueError(f"remainder must be 'drop' or 'pad', got {remainder!r}")
-        extra = manifest.get("extra", {})
-        for key in ("history_size", "feature_names"):
-            if key not in extra:
-                raise ValueError(f"the chunks manifest's extra lacks {key!r}; is it a chunks manifest?")
-        self.base_url = normalize_url(base_url)
+        self.manifest = manifest
         self.split = split
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
         self.remainder, self.drop_last = remainder, drop_last
         self.with_ids = with_ids
-        self.history_size = int(extra["history_size"])
-        self.n_features = len(extra["feature_names"])
         self.storage_options = dict(storage_options or {})
-        self.fs, _ = url_to_fs(self.base_url, **self.storage_options)
-        files = [f for f in manifest["files"] if f.get("split", f["path"].split("/", 1)[0]) == split]
-        files = [f for f in files if f["path"].endswith(".parquet")]
-        self.chunks = [
-            ChunkInfo(f["path"], join(self.base_url, f["path"]), int(f["rows"]), int(f["bytes"]), f["sha256"])
-            for f in sorted(files, key=lambda f: f["path"])
-        ]
+        self.fs, _ = url_to_fs(manifest.url, **self.storage_options)
+        self.chunks: list[ChunkFile] = list(manifest.files(split))
         self._columns = list(TRAIN_COLUMNS) + (list(ID_COLUMNS) if with_ids else [])
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-prefetch")
 
     @classmethod
-    def from_run_dir(cls, run_dir: str, split: str, *, storage_options: dict[str, Any] | None = None, **kw: Any) -> ChunkLoader:
-        base = join(normalize_url(run_dir), "chunks")
-        fs, path = url_to_fs(join(base, MANIFEST_NAME), **(storage_options or {}))
-        raw = retry(lambda: fs.cat_file(path), what=f"read {join(base, MANIFEST_NAME)}")
-        return cls(json.loads(raw), base, split, storage_options=storage_options, **kw)
+    def from_run_dir(
+        cls, run_dir: str, split: str, *, storage_options: dict[str, Any] | None = None, **kw: Any
+    ) -> ChunkLoader:
+        """A loader of ``split`` of the chunks published in the run directory ``run_dir``."""
+        manifest = ChunksManifest.read(run_dir, storage_options)
+        return cls(manifest, split, storage_options=storage_options, **kw)
 
     # -- sizes and order ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -219,7 +197,9 @@ class ChunkLoader:
         table = pq.read_table(pa.BufferReader(data), columns=self._columns)
         if table.num_rows != info.rows:
             raise ValueError(f"chunk {info.path} has {table.num_rows} rows, the manifest says {info.rows}")
-        return Examples.from_table(table, history_size=self.history_size, n_features=self.n_features, with_ids=self.with_ids)
+        return Examples.from_table(
+            table, history_size=self.manifest.history_size, n_features=self.manifest.n_features, with_ids=self.with_ids
+        )
 
     def _submit(self, order: list[int], k: int) -> Future | None:
         return self._pool.submit(self.load_chunk, order[k]) if k < len(order) else None

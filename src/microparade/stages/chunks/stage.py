@@ -25,7 +25,7 @@ bytes-per-row estimate size all of them.
    chunk, a range of global ranks, the groups that hold it.
 3. *Reduce*, one Dask task per chunk: read those groups' byte ranges from every part's fragment,
    sort by key, keep the chunk's rank range, write the chunk with pyarrow straight to the stage's
-   staging URL while hashing it (:class:`~microparade.storage.HashingWriter`).
+   staging URL while hashing it (:func:`~microparade.storage.write_parquet`).
 4. *Check*: every chunk but a split's last must be within ±10 % of the target; otherwise the
    estimate is recalibrated on the written chunks and the split is cut again from the same
    fragments (a few attempts, then a clear error).
@@ -40,23 +40,26 @@ parallel filesystems, the thing to watch with many thousands of parts on an obje
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
+from ...compute.progress import gather_in_order
 from ...config import SPLITS
 from ...recsys_format import TARGET_TIMESTAMP, TARGETS
-from ...storage import HashingWriter
+from ...storage import encode_parquet, read_parquet, read_range, write_parquet, write_url
+from .contract import chunks_extra, upstream_extra
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from ...engine.context import StageContext
+
 MB = 1_000_000
 #: Every chunk but a split's last must be within this fraction of ``chunks.target_mb``.
 SIZE_TOLERANCE = 0.10
@@ -119,7 +122,7 @@ def _group_of(keys: np.ndarray, bits: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# I/O helpers (run inside Dask tasks: URLs + storage options in, never a Store)
+# the chunk writer (tasks do their I/O through microparade.storage: URLs + storage options)
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WriterOptions:
@@ -129,32 +132,11 @@ class WriterOptions:
     row_group_rows: int
 
 
-def write_parquet(table: pa.Table, sink: Any, opts: WriterOptions) -> None:
-    """Write ``table`` to an open binary sink exactly as a chunk is written."""
-    with pq.ParquetWriter(sink, table.schema, compression=opts.compression) as w:
-        w.write_table(table, row_group_size=opts.row_group_rows)
-
-
 def encoded_size(table: pa.Table, opts: WriterOptions) -> int:
+    """Bytes of ``table`` written exactly as a chunk is."""
     sink = pa.BufferOutputStream()
-    write_parquet(table, sink, opts)
+    encode_parquet(table, sink, compression=opts.compression, row_group_size=opts.row_group_rows)
     return sink.tell()
-
-
-def _fs(url: str, storage_options: dict[str, Any]):
-    return url_to_fs(url, **storage_options)
-
-
-def _read_parquet(url: str, columns: list[str], storage_options: dict[str, Any]) -> pa.Table:
-    fs, path = _fs(url, storage_options)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=columns)
-
-
-def _open_write(url: str, storage_options: dict[str, Any]):
-    fs, path = _fs(url, storage_options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    return fs.open(path, "wb")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,9 +166,9 @@ def join_part(part: PartInput, schema: pa.Schema, feature_names: list[str], hist
 
     Raises ``ValueError`` naming the file when the inputs are not row-aligned or malformed.
     """
-    ing = _read_parquet(part.ingest_url, [*INGEST_COLUMNS, *TARGET_TIMESTAMP.values()], storage_options)
-    txt = _read_parquet(part.text_url, ["row_id", *TEXT_COLUMNS], storage_options)
-    fea = _read_parquet(part.features_url, ["row_id", *feature_names], storage_options)
+    ing = read_parquet(part.ingest_url, storage_options, columns=[*INGEST_COLUMNS, *TARGET_TIMESTAMP.values()])
+    txt = read_parquet(part.text_url, storage_options, columns=["row_id", *TEXT_COLUMNS])
+    fea = read_parquet(part.features_url, storage_options, columns=["row_id", *feature_names])
     n = ing.num_rows
     if n != part.rows:
         raise ValueError(f"ingest {part.path} has {n} rows, its manifest says {part.rows}")
@@ -226,6 +208,24 @@ def join_part(part: PartInput, schema: pa.Schema, feature_names: list[str], hist
         raise ValueError(f"{part.path}: input columns do not convert to the chunk schema: {exc}") from exc
 
 
+def _write_fragment(sink: IO[bytes], *, table: pa.Table, schema: pa.Schema, bounds: np.ndarray) -> np.ndarray:
+    """Write the key-sorted ``table`` as an IPC stream with one batch per non-empty group (rows
+    ``bounds[g]:bounds[g + 1]``); return where the groups' batches start, then where the last ends."""
+    counts = np.diff(bounds)
+    ends: list[int] = []
+    stream = pa.PythonFile(sink, mode="w")
+    with ipc.new_stream(stream, schema, options=ipc.IpcWriteOptions(compression="zstd")) as w:
+        # An empty batch first makes the writer emit the schema, so every group's batches
+        # start at a recorded offset and can be read back without it.
+        w.write_batch(pa.RecordBatch.from_pylist([], schema=schema))
+        start = stream.tell()
+        for g in np.flatnonzero(counts):
+            for batch in table.slice(int(bounds[g]), int(counts[g])).to_batches():
+                w.write_batch(batch)
+            ends.append(stream.tell())
+    return np.asarray([start, *ends], dtype="<i8")
+
+
 def map_part(part: PartInput, *, schema: pa.Schema, feature_names: list[str], history_size: int, seed: int,
              group_bits: int, sample_below: int, storage_options: dict[str, Any]) -> dict[str, Any]:
     """Map task: write one part's rows as a key-sorted fragment with one IPC batch per group.
@@ -241,25 +241,11 @@ def map_part(part: PartInput, *, schema: pa.Schema, feature_names: list[str], hi
     n_groups = 1 << group_bits
     bounds = np.searchsorted(_group_of(keys, group_bits), np.arange(n_groups + 1), side="left")
     counts = np.diff(bounds).astype(np.int64)
-    nonempty = np.flatnonzero(counts)
-    ends: list[int] = []
-    options = ipc.IpcWriteOptions(compression="zstd")
-    with _open_write(part.fragment_url, storage_options) as f:
-        sink = pa.PythonFile(f, mode="w")
-        with ipc.new_stream(sink, schema, options=options) as w:
-            # An empty batch first makes the writer emit the schema, so every group's batches
-            # start at a recorded offset and can be read back without it.
-            w.write_batch(pa.RecordBatch.from_pylist([], schema=schema))
-            start = sink.tell()
-            for g in nonempty:
-                for batch in table.slice(int(bounds[g]), int(counts[g])).to_batches():
-                    w.write_batch(batch)
-                ends.append(sink.tell())
+    write = functools.partial(_write_fragment, table=table, schema=schema, bounds=bounds)
+    positions, _ = write_url(part.fragment_url, write, storage_options)
     # offsets[g] = where group g starts = end of the last non-empty group before it.
-    positions = np.asarray([start, *ends], dtype="<i8")
     offsets = positions[np.concatenate([[0], np.cumsum(counts > 0)])]
-    with _open_write(part.index_url, storage_options) as f:
-        f.write(offsets.astype("<i8").tobytes())
+    write_url(part.index_url, lambda f: f.write(offsets.astype("<i8").tobytes()), storage_options)
     n_sample = int(np.searchsorted(keys, _U64(sample_below), side="left")) if sample_below <= _MASK64 else len(keys)
     return {
         "rows": table.num_rows,
@@ -272,14 +258,15 @@ def map_part(part: PartInput, *, schema: pa.Schema, feature_names: list[str], hi
 # ----------------------------------------------------------------------------------------------
 # reduce: groups [g0, g1] of every fragment -> one chunk
 # ----------------------------------------------------------------------------------------------
-def _read_groups(part: PartInput, g0: int, g1: int, schema: pa.Schema, storage_options: dict[str, Any]) -> list[pa.RecordBatch]:
-    fs, ipath = _fs(part.index_url, storage_options)
-    offsets = np.frombuffer(fs.cat_file(ipath, start=8 * g0, end=8 * (g1 + 2)), dtype="<i8")
+def _read_groups(
+    part: PartInput, g0: int, g1: int, schema: pa.Schema, storage_options: dict[str, Any]
+) -> list[pa.RecordBatch]:
+    """The record batches of groups ``g0..g1`` of one part's fragment (two range reads)."""
+    offsets = np.frombuffer(read_range(part.index_url, 8 * g0, 8 * (g1 + 2), storage_options), dtype="<i8")
     start, end = int(offsets[0]), int(offsets[-1])
     if end <= start:
         return []
-    fs, fpath = _fs(part.fragment_url, storage_options)
-    reader = pa.BufferReader(fs.cat_file(fpath, start=start, end=end))
+    reader = pa.BufferReader(read_range(part.fragment_url, start, end, storage_options))
     batches = []
     while reader.tell() < end - start:
         batches.append(ipc.read_record_batch(ipc.read_message(reader), schema))
@@ -310,10 +297,10 @@ def write_chunk(parts: list[PartInput], g0: int, g1: int, lo: int, hi: int, out_
     if hi > len(order):
         raise ValueError(f"{out_url}: groups {g0}..{g1} hold {len(order)} rows, fewer than the planned {hi}")
     table = finalize(table.take(order[lo:hi]), labels_known)
-    with _open_write(out_url, storage_options) as f:
-        sink = HashingWriter(f)
-        write_parquet(table, sink, opts)
-        return {"rows": table.num_rows, "bytes": sink.nbytes, "sha256": sink.sha.hexdigest()}
+    written = write_parquet(
+        table, out_url, storage_options, compression=opts.compression, row_group_size=opts.row_group_rows
+    )
+    return {"rows": table.num_rows, **written.meta()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +391,7 @@ def _size_summary(sizes: list[int]) -> dict[str, float] | None:
 # ----------------------------------------------------------------------------------------------
 # the stage
 # ----------------------------------------------------------------------------------------------
-def _split_parts(ctx) -> dict[str, list[PartInput]]:
+def _split_parts(ctx: StageContext) -> dict[str, list[PartInput]]:
     """Ingest parts per split, checked against the text and features manifests (same files,
     same row counts), in file-name (= row_id) order."""
     ingest, text, features = ctx.input("ingest"), ctx.input("text"), ctx.input("features")
@@ -437,135 +424,146 @@ def _split_parts(ctx) -> dict[str, list[PartInput]]:
             )
         )
     for name, paths in by_path.items():
-        extra = sorted(p for p in paths if _PART_RE.match(p) and _PART_RE.match(p)["split"] in SPLITS and p not in seen)
+        extra = sorted(p for p in paths if (m := _PART_RE.match(p)) and m["split"] in SPLITS and p not in seen)
         if extra:
             raise ValueError(f"{name} has {extra[0]} (and {len(extra) - 1} more) that ingest does not have")
     return {s: out[s] for s in SPLITS if s in out}
 
 
-def _manifest_context(ctx) -> dict[str, Any]:
+def _manifest_context(ctx: StageContext) -> dict[str, Any]:
     """What the chunks manifest copies from the text and features manifests (validated)."""
-    tx, fx = ctx.input("text").extra, ctx.input("features").extra
-    missing = [f"text.extra.{k}" for k in ("history", "max_length", "encoder_tokenizer", "special_tokens") if k not in tx]
-    missing += [f"features.extra.{k}" for k in ("feature_names", "normalization") if k not in fx]
-    if missing:
-        raise ValueError(f"upstream manifests lack {', '.join(missing)} (docs/data-format.md §5–§6)")
-    names = list(fx["feature_names"])
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError("features.extra.feature_names must be a non-empty list of column names")
-    norm = fx["normalization"]
-    for k in ("mean", "std"):
-        if len(norm.get(k, [])) != len(names):
-            raise ValueError(f"features.extra.normalization.{k} has {len(norm.get(k, []))} values for {len(names)} features")
-    return {
-        "feature_names": names,
-        "normalization": {"mean": list(norm["mean"]), "std": list(norm["std"])},
-        "history_size": int(tx["history"]["size"]),
-        "max_length": int(tx["max_length"]),
-        "encoder_tokenizer": tx["encoder_tokenizer"],
-        "special_tokens": dict(tx["special_tokens"]),
-    }
+    return upstream_extra(ctx.input("text"), ctx.input("features"))
 
 
-def _gather_in_order(ctx, futures: list, what: str) -> list:
-    """Results in submission order, logging progress as tasks finish (in whatever order)."""
-    from distributed import as_completed
+@dataclass(frozen=True)
+class _SplitMap:
+    """What the map tasks of one split report, summed over its parts."""
 
-    index = {f.key: i for i, f in enumerate(futures)}
-    out: list[Any] = [None] * len(futures)
-    step = max(1, len(futures) // 10)
-    for done, fut in enumerate(as_completed(futures), 1):
-        out[index[fut.key]] = fut.result()
-        fut.release()
-        if done % step == 0 or done == len(futures):
-            ctx.log("%s: %d/%d", what, done, len(futures))
-    return out
+    rows: int
+    positives: np.ndarray  # rows with each label set, in TARGETS order
+    counts: np.ndarray  # rows per shuffle group
+    sample: pa.Table  # the rows whose key is below the sample threshold (any order)
 
 
-def _chunk_split(ctx, split: str, parts: list[PartInput], meta: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
-    cfg = ctx.cfg.chunks
-    so = ctx.store.storage_options
-    client = ctx.client()
-    opts = WriterOptions(cfg.compression, cfg.row_group_rows)
-    target = cfg.target_mb * MB
-    n_expected = sum(p.rows for p in parts)
-    # Groups only bound the reduce tasks' memory; a rough bytes/row from the upstream file sizes
-    # is enough to size them (the output never depends on it).
+def _group_bits(ctx: StageContext, split: str, n_rows: int) -> int:
+    """Shuffle-group bits of a split. Groups only bound the reduce tasks' memory; a rough bytes/row
+    from the upstream file sizes is enough to size them (the output never depends on it)."""
     upstream = [f for name in ("text", "features") for f in ctx.input(name).files if f["path"].startswith(f"{split}/")]
-    rough_bpr = sum(int(f["bytes"]) for f in upstream) / max(n_expected, 1) + 64
-    bits = group_bits_for(n_expected, target / rough_bpr)
+    rough_bpr = sum(int(f["bytes"]) for f in upstream) / max(n_rows, 1) + 64
+    return group_bits_for(n_rows, ctx.cfg.chunks.target_mb * MB / rough_bpr)
+
+
+def _map_split(
+    ctx: StageContext, split: str, parts: list[PartInput], meta: dict[str, Any], schema: pa.Schema
+) -> _SplitMap:
+    """Map every part of a split into key-sorted fragments; check that every row was read."""
+    cfg = ctx.cfg.chunks
+    n_expected = sum(p.rows for p in parts)
+    bits = _group_bits(ctx, split, n_expected)
     sample_below = (cfg.sample_rows << 64) // max(n_expected, 1)
     ctx.log("%s: %d rows in %d part(s); map into %d shuffle group(s)", split, n_expected, len(parts), 1 << bits)
-
+    client = ctx.client()
     futures = [
         client.submit(
             map_part, p, schema=schema, feature_names=meta["feature_names"], history_size=meta["history_size"],
-            seed=cfg.seed, group_bits=bits, sample_below=sample_below, storage_options=so, pure=False,
+            seed=cfg.seed, group_bits=bits, sample_below=sample_below, storage_options=ctx.store.storage_options,
+            pure=False,
         )
         for p in parts
     ]
+    results = gather_in_order(futures, f"{split} map", ctx.log)
     counts = np.zeros(1 << bits, dtype=np.int64)
     positives = np.zeros(len(TARGETS), dtype=np.int64)
-    samples: list[pa.Table] = []
-    rows = 0
-    for res in _gather_in_order(ctx, futures, f"{split} map"):
+    for res in results:
         counts += res["counts"]
         positives += np.asarray(res["positives"], dtype=np.int64)
-        rows += res["rows"]
-        samples.append(res["sample"])
+    rows = sum(r["rows"] for r in results)
     if rows != n_expected or int(counts.sum()) != rows:
         raise RuntimeError(f"{split}: ingest lists {n_expected} rows but the map read {rows}")
-    labels_known = bool(positives.sum() > 0)
-    if not labels_known:
-        ctx.log("%s: no label timestamp set in any row -> labels are unknown (null)", split)
-    if rows == 0:
-        return {"rows": 0, "chunks": [], "positives": positives, "labels_known": labels_known, "rows_per_chunk": 0,
-                "cut_attempts": 0}
+    return _SplitMap(rows, positives, counts, pa.concat_tables([r["sample"] for r in results]))
 
-    sample = pa.concat_tables(samples)
+
+def _first_rows_per_chunk(ctx: StageContext, split: str, mapped: _SplitMap, labels_known: bool,
+                          opts: WriterOptions) -> int:
+    """Rows per chunk from the size model of the split's sample, shuffled and finalised like a chunk."""
+    cfg = ctx.cfg.chunks
+    target = cfg.target_mb * MB
+    sample = mapped.sample
     sample = finalize(sample.take(np.argsort(shuffle_keys(sample.column("row_id").to_numpy(), cfg.seed))), labels_known)
     r, a, b = estimate_rows_per_chunk(sample, target, opts)
-    if rows > 1 and a + b > (1 + SIZE_TOLERANCE) * target:
+    if mapped.rows > 1 and a + b > (1 + SIZE_TOLERANCE) * target:
         raise ValueError(
             f"{split}: chunks.target_mb={cfg.target_mb} is below the smallest chunk this data makes "
             f"(one row: ~{(a + b) / MB:.4f} MB of Parquet footer, schema and data); raise chunks.target_mb"
         )
-    ctx.log("%s: size model %.0f + %.1f bytes/row from %d sampled rows -> %d rows per chunk", split, a, b, sample.num_rows, r)
+    ctx.log("%s: size model %.0f + %.1f bytes/row from %d sampled rows -> %d rows per chunk",
+            split, a, b, sample.num_rows, r)
+    return r
+
+
+def _next_rows_per_chunk(measured: list[tuple[int, float]], target: float) -> int:
+    """Rows per chunk for the next cut, from the ``(rows per chunk, mean chunk size)`` of the cuts so
+    far: a secant through the last two points once there are two, else proportional scaling. (Keeping
+    the sample's overhead term can stall when it is off: small chunks compress differently from the
+    sample.) Never the last cut's value again; may be 0 when no cut can work."""
+    r, mean = measured[-1]
+    proportional = max(1, int(round(r * target / mean)))
+    r_new = proportional
+    if len(measured) >= 2 and measured[-2][0] != r:
+        r0, s0 = measured[-2]
+        slope = (mean - s0) / (r - r0)
+        r_new = max(1, int(round(r + (target - mean) / slope))) if slope > 0 else proportional
+    if r_new == r:
+        r_new = r + (1 if mean < target else -1)
+    return r_new
+
+
+def _write_chunks(ctx: StageContext, split: str, plans: list[ChunkPlan], write: Any, parts_on_workers: Any,
+                  attempt: int) -> list[dict[str, Any]]:
+    """Run one reduce task per planned chunk (``write``: :func:`write_chunk` with its settings)."""
+    client = ctx.client()
+    futures = [
+        client.submit(write, parts_on_workers, p.g0, p.g1, p.lo, p.hi,
+                      ctx.out_url(f"{split}/chunk-{p.index:05d}.parquet"), pure=False)
+        for p in plans
+    ]
+    written = gather_in_order(futures, f"{split} chunks (attempt {attempt})", ctx.log)
+    for p, w in zip(plans, written):
+        if w["rows"] != p.rows:
+            raise RuntimeError(f"{split} chunk {p.index}: wrote {w['rows']} rows, planned {p.rows}")
+    return written
+
+
+def _chunk_split(
+    ctx: StageContext, split: str, parts: list[PartInput], meta: dict[str, Any], schema: pa.Schema
+) -> dict[str, Any]:
+    """Shuffle one split into chunks of about ``chunks.target_mb``, re-cutting until they fit the band."""
+    cfg = ctx.cfg.chunks
+    opts = WriterOptions(cfg.compression, cfg.row_group_rows)
+    target = cfg.target_mb * MB
+    mapped = _map_split(ctx, split, parts, meta, schema)
+    labels_known = bool(mapped.positives.sum() > 0)
+    if not labels_known:
+        ctx.log("%s: no label timestamp set in any row -> labels are unknown (null)", split)
+    result: dict[str, Any] = {"rows": mapped.rows, "positives": mapped.positives, "labels_known": labels_known}
+    if mapped.rows == 0:
+        return {**result, "chunks": [], "rows_per_chunk": 0, "cut_attempts": 0}
+    r = _first_rows_per_chunk(ctx, split, mapped, labels_known, opts)
 
     # Every reduce task reads every part's fragment: ship the list to each worker once.
-    [parts_on_workers] = client.scatter([parts], hash=False)
-    written: list[dict[str, Any]] = []
+    [parts_on_workers] = ctx.client().scatter([parts], hash=False)
+    write = functools.partial(write_chunk, schema=schema, seed=cfg.seed, labels_known=labels_known, opts=opts,
+                              storage_options=ctx.store.storage_options)
     measured: list[tuple[int, float]] = []
     for attempt in range(1, MAX_CUT_ATTEMPTS + 1):
-        plans = plan_chunks(counts, r)
-        futures = [
-            client.submit(
-                write_chunk, parts_on_workers, p.g0, p.g1, p.lo, p.hi, ctx.out_url(f"{split}/chunk-{p.index:05d}.parquet"),
-                schema=schema, seed=cfg.seed, labels_known=labels_known, opts=opts, storage_options=so, pure=False,
-            )
-            for p in plans
-        ]
-        written = _gather_in_order(ctx, futures, f"{split} chunks (attempt {attempt})")
-        for p, w in zip(plans, written):
-            if w["rows"] != p.rows:
-                raise RuntimeError(f"{split} chunk {p.index}: wrote {w['rows']} rows, planned {p.rows}")
+        plans = plan_chunks(mapped.counts, r)
+        written = _write_chunks(ctx, split, plans, write, parts_on_workers, attempt)
         full = [w["bytes"] for w in written[:-1]]
         bad = [i for i, s in enumerate(full) if abs(s - target) > SIZE_TOLERANCE * target]
         if not bad:
             break
-        # Recalibrate on what was written: a secant through the last two (rows, mean size) points
-        # once there are two, else proportional scaling. (Keeping the sample's overhead term can
-        # stall when it is off: small chunks compress differently from the sample.)
-        mean = float(np.mean(full))
-        measured.append((r, mean))
-        if len(measured) >= 2 and measured[-1][0] != measured[-2][0]:
-            (r0, s0), (r1, s1) = measured[-2], measured[-1]
-            slope = (s1 - s0) / (r1 - r0)
-            r_new = max(1, int(round(r1 + (target - s1) / slope))) if slope > 0 else max(1, int(round(r * target / mean)))
-        else:
-            r_new = max(1, int(round(r * target / mean)))
-        if r_new == r:
-            r_new = r + (1 if mean < target else -1)
+        measured.append((r, float(np.mean(full))))
+        r_new = _next_rows_per_chunk(measured, target)
         sizes = _size_summary(full)
         if attempt == MAX_CUT_ATTEMPTS or r_new < 1:
             raise RuntimeError(
@@ -573,18 +571,18 @@ def _chunk_split(ctx, split: str, parts: list[PartInput], meta: dict[str, Any], 
                 f"with {r} rows per chunk (sizes {sizes} MB); rows vary too much in size for chunks this "
                 f"small: raise chunks.target_mb"
             )
-        ctx.log("%s: %d chunk(s) outside the size band (%s MB); re-cutting at %d rows per chunk", split, len(bad), sizes, r_new)
+        ctx.log("%s: %d chunk(s) outside the size band (%s MB); re-cutting at %d rows per chunk",
+                split, len(bad), sizes, r_new)
         for p in plans:
             ctx.store.rm_file(f"{ctx.staging_rel}/{split}/chunk-{p.index:05d}.parquet")
         r = r_new
     total = sum(w["rows"] for w in written)
-    if total != rows:
-        raise RuntimeError(f"{split}: the chunks hold {total} rows, ingest has {rows}")
-    return {"rows": rows, "chunks": written, "positives": positives, "labels_known": labels_known, "rows_per_chunk": r,
-            "cut_attempts": attempt}
+    if total != mapped.rows:
+        raise RuntimeError(f"{split}: the chunks hold {total} rows, ingest has {mapped.rows}")
+    return {**result, "chunks": written, "rows_per_chunk": r, "cut_attempts": attempt}
 
 
-def run(ctx) -> None:
+def run(ctx: StageContext) -> None:
     cfg = ctx.cfg.chunks
     meta = _manifest_context(ctx)
     schema = chunk_schema(len(meta["feature_names"]))
@@ -620,9 +618,7 @@ def run(ctx) -> None:
                 splits_extra[split]["chunk_mb"], splits_extra[split]["last_chunk_mb"])
         ctx.store.rm(f"{ctx.work_rel}/shuffle/{split}")
     ctx.extra.update(
-        schema_version=SCHEMA_VERSION,
-        **meta,
-        splits=splits_extra,
+        chunks_extra(meta, splits_extra, ctx.file_meta, ctx.store.url(ctx.name)),
         shuffle={"key": "splitmix64(row_id ^ seed)", "seed": cfg.seed},
         target_mb=cfg.target_mb,
         chunk_mb=_size_summary(all_sizes),

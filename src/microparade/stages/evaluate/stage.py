@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,15 +26,16 @@ import pyarrow.parquet as pq
 import torch
 
 from ...compute.backends import available_cpus, make_backend
-from ...model.loader import ChunkLoader
-from ...metrics import compute_metrics
-from ...model import encode_batch, load_model_bundle
-from ...model.batching import SpecialTokens
-from ...recsys_format import TARGETS
+from ...engine.context import StageContext
 from ...errors import StageError
+from ...metrics import compute_metrics
+from ...model import MicroParade, SpecialTokens, encode_batch, load_model_bundle
+from ...model.loader import ChunkLoader
+from ...recsys_format import TARGETS
+from ..chunks.contract import ChunksManifest
 
 
-def _load_bundle(ctx) -> dict[str, Any]:
+def _load_bundle(ctx: StageContext) -> dict[str, Any]:
     train = ctx.input("train")
     url = train.url("model.pt")
     raw = ctx.store.read_bytes(f"{train.stage}/model.pt")
@@ -43,11 +45,19 @@ def _load_bundle(ctx) -> dict[str, Any]:
         raise StageError(f"cannot read the trained model {url}: {exc}") from exc
 
 
-def predict_split(model, loader: ChunkLoader, bundle: dict[str, Any], device: torch.device, token_budget: int, log) -> dict[str, np.ndarray]:
+def predict_split(
+    model: MicroParade,
+    loader: ChunkLoader,
+    bundle: dict[str, Any],
+    device: torch.device,
+    token_budget: int,
+    log: Callable[..., None],
+) -> dict[str, np.ndarray]:
     """Probabilities for every row of one split, with ids, labels and follower counts."""
-    specials = SpecialTokens.from_manifest(bundle["special_tokens"])
+    specials = SpecialTokens.from_mapping(bundle["special_tokens"], "the model's special_tokens")
     use_text = bundle["encoder_config"] is not None
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("row_id", "tweet_id", "b_user_id", "a_follower_count", "labels", "probs")}
+    keys = ("row_id", "tweet_id", "b_user_id", "a_follower_count", "labels", "probs")
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     done = 0
     total = loader.examples_per_epoch()
     next_log = 0
@@ -81,21 +91,21 @@ def predict_split(model, loader: ChunkLoader, bundle: dict[str, Any], device: to
     return {k: v[order] for k, v in out.items()}
 
 
-def run(ctx) -> None:
+def run(ctx: StageContext) -> None:
     ec = ctx.cfg.evaluate
-    chunks = ctx.input("chunks")
+    chunks = ChunksManifest.from_manifest(ctx.input("chunks"))
     bundle = _load_bundle(ctx)
-    h_model, h_chunks = int(bundle["history_size"]), int(chunks.extra["history_size"])
-    if h_model != h_chunks:
-        raise StageError(f"the model was trained with history size {h_model} but the chunks have {h_chunks}")
-    if list(bundle["feature_names"]) != list(chunks.extra["feature_names"]):
+    h_model = int(bundle["history_size"])
+    if h_model != chunks.history_size:
+        raise StageError(f"the model was trained with history size {h_model} but the chunks have {chunks.history_size}")
+    if tuple(bundle["feature_names"]) != chunks.feature_names:
         raise StageError("the model's feature names differ from the chunks' (rerun train on these chunks)")
     backend = make_backend(ec.backend, environ={})
     # Same thread count whether or not a Dask cluster ran earlier in this process (see train).
 
     torch.set_num_threads(ctx.cfg.train.num_threads or available_cpus())
     model = load_model_bundle(bundle).to(backend.device)
-    present = {f.get("split", f["path"].split("/", 1)[0]) for f in chunks.files}
+    present = {split for split in chunks.splits if chunks.files(split)}
     metrics: dict[str, Any] = {}
     predicted: dict[str, int] = {}
     for split in ec.splits:
@@ -103,8 +113,7 @@ def run(ctx) -> None:
             ctx.log("split %s: no chunks, skipped", split)
             continue
         with ChunkLoader(
-            chunks.data,
-            chunks.url(),
+            chunks,
             split,
             batch_size=ec.batch_size,
             shuffle=False,
@@ -129,7 +138,8 @@ def run(ctx) -> None:
         predicted[split] = table.num_rows
         labels = res["labels"]
         if len(labels) and not np.isnan(labels).any():
-            metrics[split] = compute_metrics(labels.astype(np.int8), res["probs"].astype(np.float64), res["a_follower_count"])
+            probs = res["probs"].astype(np.float64)
+            metrics[split] = compute_metrics(labels.astype(np.int8), probs, res["a_follower_count"])
             ap = metrics[split].get("ap", {}).get("avg")
             ctx.log("split %s: %d rows, avg AP %s", split, table.num_rows, f"{ap:.4f}" if ap is not None else "-")
         else:

@@ -22,9 +22,13 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure as MplFigure
 
 # ----------------------------------------------------------------------------------------------
 # document model
@@ -61,6 +65,10 @@ class Preformatted:
 
 
 Block = Paragraph | Table | Figure | Preformatted
+#: One line of a :func:`line_panels` panel: ``(label, x, y)``.
+Line = tuple[str, Sequence[float], Sequence[float]]
+#: One :func:`line_panels` panel: ``(title, y label, lines, log y)``.
+Panel = tuple[str, str, Sequence[Line], bool]
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Section:
 
 
 def figures(sections: Sequence[Section]) -> list[Figure]:
+    """Every figure of the sections, in document order."""
     return [b for s in sections for b in s.blocks if isinstance(b, Figure)]
 
 
@@ -104,6 +113,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
+    """A duration for people: ``12.3 s``, ``4 min 05.0 s``, ``2 h 07 min``; ``-`` when unknown."""
     if seconds is None:
         return "-"
     s = float(seconds)
@@ -115,6 +125,7 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def _is_numeric(cell: str) -> bool:
+    """Whether a formatted cell is a number (possibly with a unit) or ``-``: right-aligned."""
     c = cell.replace(",", "").replace("%", "").strip()
     for unit in (" B", " KB", " MB", " GB", " TB", " s"):
         if c.endswith(unit):
@@ -184,7 +195,8 @@ def _html_block(b: Block) -> str:
     if isinstance(b, Figure):
         data = base64.b64encode(b.png).decode("ascii")
         cap = f"<figcaption>{e(b.caption)}</figcaption>" if b.caption else ""
-        return f'<figure id="fig-{e(b.name)}"><img alt="{e(b.caption or b.name)}" src="data:image/png;base64,{data}">{cap}</figure>'
+        img = f'<img alt="{e(b.caption or b.name)}" src="data:image/png;base64,{data}">'
+        return f'<figure id="fig-{e(b.name)}">{img}{cap}</figure>'
     if isinstance(b, Preformatted):
         return f"<pre>{e(b.text)}</pre>"
     raise TypeError(f"unknown block {type(b).__name__}")
@@ -260,21 +272,20 @@ def render_markdown(title: str, meta_lines: Sequence[str], sections: Sequence[Se
 _COLORS = ("#2457a6", "#d9822b", "#3a9a5b", "#b8403a", "#7b5ea7", "#8c6d46", "#c75fa8", "#6b7a8f")
 
 
-def _new_figure(width: float, height: float):
+def _new_figure(width: float, height: float) -> MplFigure:
     from matplotlib.figure import Figure as MplFigure
 
-    fig = MplFigure(figsize=(width, height), dpi=100, layout="constrained")
-    return fig
+    return MplFigure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _png(fig) -> bytes:
+def _png(fig: MplFigure) -> bytes:
     buf = io.BytesIO()
     # No Software/date metadata: identical data gives identical bytes across matplotlib patches.
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
 
 
-def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+def _style(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -332,7 +343,7 @@ def histogram(
     edges = np.linspace(lo, hi, bins + 1)
     ax.hist(
         [np.asarray(v, dtype=float) for v in values.values()],
-        bins=edges,
+        bins=edges.tolist(),
         stacked=True,
         label=list(values),
         color=[_COLORS[i % len(_COLORS)] for i in range(len(values))],
@@ -344,7 +355,7 @@ def histogram(
 
 
 def line_panels(
-    panels: Sequence[tuple[str, str, Sequence[tuple[str, Sequence[float], Sequence[float]]], bool]],
+    panels: Sequence[Panel],
     *,
     xlabel: str,
     columns: int = 2,
@@ -361,8 +372,14 @@ def line_panels(
             continue
         title, ylabel, lines, log_y = panels[k]
         for i, (label, x, y) in enumerate(lines):
-            ax.plot(x, y, label=label, color=_COLORS[i % len(_COLORS)], linewidth=1.0 if i == 0 else 1.6,
-                    alpha=0.55 if (i == 0 and len(lines) > 1) else 1.0)
+            ax.plot(
+                x,
+                y,
+                label=label,
+                color=_COLORS[i % len(_COLORS)],
+                linewidth=1.0 if i == 0 else 1.6,
+                alpha=0.55 if (i == 0 and len(lines) > 1) else 1.0,
+            )
         if log_y:
             ax.set_yscale("log")
         _style(ax, title, xlabel, ylabel)

@@ -1,6 +1,6 @@
 """train stage: MicroParade trained end to end on the chunks, with exact, resumable checkpoints.
 
-Reads ``{run_dir}/chunks`` (training split) through the hot-swap :class:`~microparade.loader.ChunkLoader`
+Reads ``{run_dir}/chunks`` (training split) through the hot-swap :class:`~microparade.model.loader.ChunkLoader`
 and writes, under the stage directory:
 
 - ``model.pt`` — weights + everything inference needs (:mod:`microparade.model`);
@@ -42,19 +42,25 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...compute.backends import Backend, available_cpus, make_backend
-from ...model.loader import ChunkLoader, LoaderState
-from ...model import build_model, encode_batch, model_bundle
-from ...model.batching import SpecialTokens
-from ...recsys_format import TARGETS
+from ...engine.context import StageContext
 from ...errors import PreemptedError, StageError
+from ...model import build_model, encode_batch, model_bundle
+from ...model.loader import ChunkLoader, LoaderState
+from ...recsys_format import TARGETS
 from ...storage import retry
+from ..chunks.contract import ChunksManifest
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 CHECKPOINT_FORMAT = "microparade.train-checkpoint/1"
 CHECKPOINT_DIR = "checkpoints"
@@ -154,7 +160,13 @@ class Interval:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Interval:
-        return cls(int(d["steps"]), [float(x) for x in d["loss"]], int(d["examples"]), int(d["valid_tokens"]), int(d["encoded_tokens"]))
+        return cls(
+            int(d["steps"]),
+            [float(x) for x in d["loss"]],
+            int(d["examples"]),
+            int(d["valid_tokens"]),
+            int(d["encoded_tokens"]),
+        )
 
 
 def _efficiency(valid: float, encoded: float) -> float | None:
@@ -165,23 +177,17 @@ def _efficiency(valid: float, encoded: float) -> float | None:
 # the trainer
 # ----------------------------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, ctx, backend: Backend, stop: StopFlag):
+    def __init__(self, ctx: StageContext, backend: Backend, stop: StopFlag) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.tc = ctx.cfg.train
         self.backend = backend
         self.stop = stop
-        self.chunks = ctx.input("chunks")
-        extra = self.chunks.extra
-        for key in ("feature_names", "normalization", "history_size", "max_length", "special_tokens"):
-            if key not in extra:
-                raise StageError(f"the chunks manifest's extra lacks {key!r}; rerun the chunks stage")
-        self.extra = extra
-        self.specials = SpecialTokens.from_manifest(extra["special_tokens"])
-        self.max_length = int(extra["max_length"])
+        self.chunks = ChunksManifest.from_manifest(ctx.input("chunks"))
+        self.specials = self.chunks.specials
 
         seed_everything(self.tc.seed)
-        self.model = build_model(self.cfg.model, extra, seed=self.tc.seed)
+        self.model = build_model(self.cfg.model, self.chunks, seed=self.tc.seed)
         self.module = backend.wrap(self.model)
         opt_cls = torch.optim.AdamW if self.tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
@@ -190,8 +196,7 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
         self.loader = ChunkLoader(
-            self.chunks.data,
-            self.chunks.url(),
+            self.chunks,
             "train",
             batch_size=self.tc.batch_size,
             rank=backend.rank,
@@ -230,7 +235,8 @@ class Trainer:
         return f"{self.ctx.work_rel}/{CHECKPOINT_DIR}"
 
     def _checkpoint_files(self) -> list[str]:
-        return sorted(f for f in self.ctx.store.walk_files(self._ckpt_rel) if f.startswith("ckpt-") and f.endswith(".pt"))
+        names = self.ctx.store.walk_files(self._ckpt_rel)
+        return sorted(f for f in names if f.startswith("ckpt-") and f.endswith(".pt"))
 
     def save_checkpoint(self) -> None:
         states = self.backend.all_gather_object(rng_state(self.backend))
@@ -269,7 +275,9 @@ class Trainer:
                 self.ctx.log("ignoring checkpoint %s: unreadable (%s)", name, exc)
                 continue
             if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("fingerprint") != self.ctx.fingerprint:
-                self.ctx.log("ignoring checkpoint %s: made for another fingerprint (config, code or inputs changed)", name)
+                self.ctx.log(
+                    "ignoring checkpoint %s: made for another fingerprint (config, code or inputs changed)", name
+                )
                 continue
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -308,7 +316,7 @@ class Trainer:
         mb = encode_batch(
             batch.examples,
             specials=self.specials,
-            max_length=self.max_length,
+            max_length=self.chunks.max_length,
             encoding=self.tc.encoding,
             token_budget=self.tc.token_budget,
             static_shapes=self.tc.static_shapes,
@@ -438,7 +446,7 @@ class Trainer:
     def write_outputs(self) -> None:
         ctx = self.ctx
         buf = io.BytesIO()
-        torch.save(model_bundle(self.model, self.cfg.model, self.extra), buf)
+        torch.save(model_bundle(self.model, self.cfg.model, self.chunks), buf)
         with ctx.open_out("model.pt") as f:
             f.write(buf.getvalue())
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
@@ -470,7 +478,7 @@ def _write_scalars(writer, record: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 # stage entry point
 # ----------------------------------------------------------------------------------------------
-def run(ctx) -> None:
+def run(ctx: StageContext) -> None:
     stop = StopFlag()
     if not stop.install():
         ctx.log("not in the main thread: SIGUSR2/SIGTERM checkpointing is off")
@@ -509,10 +517,10 @@ class _tensorboard:
     and first rewrites the earlier scalars from the checkpoint's records (a rerun clears staging).
     """
 
-    def __init__(self, ctx, enabled: bool):
+    def __init__(self, ctx: StageContext, enabled: bool) -> None:
         self.ctx = ctx
         self.enabled = enabled
-        self.writer = None
+        self.writer: SummaryWriter | None = None
         self.tmp: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self):
@@ -539,10 +547,8 @@ class _tensorboard:
                         for name in files:
                             local = os.path.join(root, name)
                             rel = os.path.relpath(local, self.tmp.name).replace(os.sep, "/")
-                            data = open(local, "rb").read()
-                            retry(
-                                lambda: self.ctx.store.fs.pipe_file(self.ctx.out_path(f"tb/{rel}"), data),
-                                what=f"upload tb/{rel}",
-                            )
+                            target = self.ctx.out_path(f"tb/{rel}")
+                            upload = partial(self.ctx.store.fs.pipe_file, target, Path(local).read_bytes())
+                            retry(upload, what=f"upload tb/{rel}")
             finally:
                 self.tmp.cleanup()
