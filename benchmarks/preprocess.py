@@ -61,11 +61,11 @@ import pyarrow.parquet as pq
 
 from microparade.compute.cluster import dask_client
 from microparade.config import SPLITS, Config, build_config
-from microparade.stages.generate.synth import generate_dataset
-from microparade.stages.text.windows import select_windows, select_windows_python
-from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
 from microparade.engine import read_manifest, run_pipeline
+from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
+from microparade.stages.generate.synth import generate_dataset
 from microparade.stages.text.stage import engagement_columns
+from microparade.stages.text.windows import select_windows, select_windows_python
 from microparade.storage import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -685,11 +685,11 @@ def render(results: list[SizeResult], meta: dict[str, Any]) -> str:
             "History selection on the local Dask cluster, from a frame scattered to the workers in "
             "`max(worker threads, ceil(rows / text.partition_rows))` partitions; every variant includes the "
             "shuffle by user and collecting the windows, and equals the in-process result (asserted). "
-            "*vectorised*: `shuffle(on=\"user\")` + `map_partitions(select_windows)`. *groupby-apply, "
+            '*vectorised*: `shuffle(on="user")` + `map_partitions(select_windows)`. *groupby-apply, '
             "per-row Python*: the same shuffle + `map_partitions(select_windows_python)`, i.e. a pandas "
-            "`groupby(\"user\").apply` with a Python loop per row inside each partition — what Dask's "
-            "`groupby(\"user\").apply(f)` executes, the original approach. *literal per-user apply*: "
-            "`ddf.groupby(\"user\").apply(f)` with `f` = `select_windows_python` on one user's rows, which "
+            '`groupby("user").apply` with a Python loop per row inside each partition — what Dask\'s '
+            '`groupby("user").apply(f)` executes, the original approach. *literal per-user apply*: '
+            '`ddf.groupby("user").apply(f)` with `f` = `select_windows_python` on one user\'s rows, which '
             "adds pandas' fixed cost per call (slicing, sorting, grouping) once per user.",
             "",
             "| size | rows | partitions | vectorised s | groupby-apply, per-row Python s | ratio "
@@ -698,9 +698,7 @@ def render(results: list[SizeResult], meta: dict[str, Any]) -> str:
         ]
         for r in with_dask:
             d = r.dask
-            literal = (
-                f"{d['python_apply_s']:.1f} | {d['apply_ratio']:.1f}x" if "python_apply_s" in d else "not run | -"
-            )
+            literal = f"{d['python_apply_s']:.1f} | {d['apply_ratio']:.1f}x" if "python_apply_s" in d else "not run | -"
             lines.append(
                 f"| {r.size:,} | {r.rows:,} | {d['partitions']} | {d['vectorised_s']:.1f} "
                 f"| {d['python_s']:.1f} | {d['ratio']:.1f}x | {literal} |"
@@ -717,7 +715,9 @@ def summary_lines(results: list[SizeResult]) -> list[str]:
         label = ", per-row Python extrapolated" if h["python_extrapolated"] else ""
         dask = ""
         if r.dask:
-            dask = f"; on Dask **{r.dask['ratio']:.1f}x** ({r.dask['vectorised_s']:.1f} s vs {r.dask['python_s']:.1f} s)"
+            dask = (
+                f"; on Dask **{r.dask['ratio']:.1f}x** ({r.dask['vectorised_s']:.1f} s vs {r.dask['python_s']:.1f} s)"
+            )
             if "apply_ratio" in r.dask:
                 dask += f", **{r.dask['apply_ratio']:.1f}x** against the literal per-user apply"
         out.append(
@@ -747,12 +747,18 @@ def summary_lines(results: list[SizeResult]) -> list[str]:
                 continue
             peaks = [p.peak_mb for p in runs]
             out.append(
-                f"- Peak worker memory, {name}: " + " / ".join(f"{v:.0f}" for v in peaks) + " MB at "
+                f"- Peak worker memory, {name}: "
+                + " / ".join(f"{v:.0f}" for v in peaks)
+                + " MB at "
                 + " / ".join(f"{p.rows:,}" for p in runs)
                 + f" rows (x{max(peaks) / min(peaks):.2f} for x{runs[-1].rows / runs[0].rows:.0f} the data); "
-                "largest ingest part " + " / ".join(f"{p.largest_part_rows:,}" for p in runs)
-                + " rows, user partitions of ~" + " / ".join(f"{p.rows / p.user_partitions:,.0f}" for p in runs)
-                + " rows, largest chunk " + " / ".join(f"{p.largest_chunk_rows:,}" for p in runs) + " rows."
+                "largest ingest part "
+                + " / ".join(f"{p.largest_part_rows:,}" for p in runs)
+                + " rows, user partitions of ~"
+                + " / ".join(f"{p.rows / p.user_partitions:,.0f}" for p in runs)
+                + " rows, largest chunk "
+                + " / ".join(f"{p.largest_chunk_rows:,}" for p in runs)
+                + " rows."
             )
     return out
 
@@ -801,7 +807,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="generate_dataset seed (and of the user subset)")
     ap.add_argument("--workers", type=int, help="Dask workers (default: cluster.n_workers = 2)")
     ap.add_argument("--threads", type=int, help="threads per worker (default: cluster.threads_per_worker = 1)")
-    ap.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    ap.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs of the vectorised selection (median reported)")
     ap.add_argument(
         "--python-max-rows",
@@ -825,7 +833,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.1, help="memory sampling interval, seconds")
     ap.add_argument("--workdir", help="keep generated data and run dirs here (reused raw data); default: a temp dir")
     ap.add_argument("--json", help="also write the results as JSON to this file")
-    ap.add_argument("--render", metavar="FILE", help="measure nothing: print (and --write-docs) the results of a --json FILE")
+    ap.add_argument(
+        "--render", metavar="FILE", help="measure nothing: print (and --write-docs) the results of a --json FILE"
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="show the pipeline's progress log")
     ap.add_argument("--write-docs", action="store_true", help=f"record the results in {DOC.relative_to(ROOT)}")
     args = ap.parse_args(argv)

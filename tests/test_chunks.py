@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from microparade.config import build_config
-from microparade.recsys_format import COLUMNS, TARGET_TIMESTAMP, TARGETS
 from microparade.engine import RunSession, StageError, read_manifest, run_stage
 from microparade.engine.registry import STAGES, StageSpec
+from microparade.recsys_format import COLUMNS, TARGET_TIMESTAMP, TARGETS
 from microparade.stages.chunks.stage import (
     ChunkPlan,
     chunk_schema,
@@ -118,7 +118,9 @@ def make_split(split: str, n: int, seed: int, short_rows: int = 0) -> dict[str, 
     )
 
     def per_slot(values: np.ndarray, t: pa.DataType) -> pa.Array:
-        return pa.ListArray.from_arrays(pa.array(np.arange(0, n * H + 1, H, dtype=np.int32)), pa.array(values.reshape(-1), t))
+        return pa.ListArray.from_arrays(
+            pa.array(np.arange(0, n * H + 1, H, dtype=np.int32)), pa.array(values.reshape(-1), t)
+        )
 
     text = pa.table(
         {
@@ -126,7 +128,9 @@ def make_split(split: str, n: int, seed: int, short_rows: int = 0) -> dict[str, 
             "tokens": tokens,
             "hour": pa.array(((ts // 3600) % 24).astype(np.int8)),
             "hist_tokens": hist_tokens,
-            "hist_engagement": per_slot(np.where(valid, rng.integers(1, 16, size=(n, H)), 0).astype(np.int8), pa.int8()),
+            "hist_engagement": per_slot(
+                np.where(valid, rng.integers(1, 16, size=(n, H)), 0).astype(np.int8), pa.int8()
+            ),
             "hist_hour": per_slot(np.where(valid, rng.integers(0, 24, size=(n, H)), 24).astype(np.int8), pa.int8()),
             "hist_mask": per_slot(valid, pa.bool_()),
             "hist_len": pa.array(k.astype(np.int8)),
@@ -164,14 +168,25 @@ def _write_parts(ctx, name: str) -> None:
 
 def _fake_ingest(ctx) -> None:
     _write_parts(ctx, "ingest")
-    quarantine = pa.table({"file": pa.array([], pa.string()), "line": pa.array([], pa.int64()),
-                           "reason": pa.array([], pa.string()), "raw": pa.array([], pa.binary())})
+    quarantine = pa.table(
+        {
+            "file": pa.array([], pa.string()),
+            "line": pa.array([], pa.int64()),
+            "reason": pa.array([], pa.string()),
+            "raw": pa.array([], pa.binary()),
+        }
+    )
     for split in _PENDING["data"]:
         with ctx.open_out(f"quarantine/{split}.parquet") as f:
             pq.write_table(quarantine, f)
     ctx.extra["splits"] = {
-        s: {"rows_in": t["ingest"].num_rows, "rows_out": t["ingest"].num_rows, "rows_quarantined": 0,
-            "quarantined_by_reason": {}, "files": []}
+        s: {
+            "rows_in": t["ingest"].num_rows,
+            "rows_out": t["ingest"].num_rows,
+            "rows_quarantined": 0,
+            "quarantined_by_reason": {},
+            "files": [],
+        }
         for s, t in _PENDING["data"].items()
     }
 
@@ -212,8 +227,13 @@ def make_cfg(run_dir: str, *, workers: int = 2, processes: bool = False, **chunk
     return build_config(
         {
             "run_dir": run_dir,
-            "cluster": {"n_workers": workers, "threads_per_worker": 1, "processes": processes, "dashboard": False,
-                        "memory_limit": "2GiB"},
+            "cluster": {
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": processes,
+                "dashboard": False,
+                "memory_limit": "2GiB",
+            },
             "chunks": {"target_mb": TARGET_MB, **chunks},
         }
     )
@@ -284,11 +304,21 @@ def test_plan_chunks_hand_computed():
 def test_schema_exactly_as_documented(published):
     cfg, store, manifest = published
     expected = [
-        ("row_id", "int64"), ("tweet_id", "string"), ("b_user_id", "string"), ("a_follower_count", "int64"),
-        ("like", "int8"), ("retweet", "int8"), ("reply", "int8"), ("quote", "int8"),
-        ("tokens", "list<element: int32>"), ("hour", "int8"),
-        ("hist_tokens", "list<element: list<element: int32>>"), ("hist_engagement", "list<element: int8>"),
-        ("hist_hour", "list<element: int8>"), ("hist_mask", "list<element: bool>"), ("hist_len", "int8"),
+        ("row_id", "int64"),
+        ("tweet_id", "string"),
+        ("b_user_id", "string"),
+        ("a_follower_count", "int64"),
+        ("like", "int8"),
+        ("retweet", "int8"),
+        ("reply", "int8"),
+        ("quote", "int8"),
+        ("tokens", "list<element: int32>"),
+        ("hour", "int8"),
+        ("hist_tokens", "list<element: list<element: int32>>"),
+        ("hist_engagement", "list<element: int8>"),
+        ("hist_hour", "list<element: int8>"),
+        ("hist_mask", "list<element: bool>"),
+        ("hist_len", "int8"),
         ("features", f"fixed_size_list<element: float>[{len(FEATURES)}]"),
     ]
     assert [(f.name, str(f.type)) for f in chunk_schema(len(FEATURES))] == expected
@@ -354,8 +384,11 @@ def test_manifest_extra(published, dataset):
     assert extra["target_mb"] == TARGET_MB
     assert extra["shuffle"] == {"key": "splitmix64(row_id ^ seed)", "seed": 0}
     sizes = [f["bytes"] / 1e6 for f in manifest["files"]]
-    assert extra["chunk_mb"] == {"min": round(min(sizes), 4), "max": round(max(sizes), 4),
-                                 "mean": round(float(np.mean(sizes)), 4)}
+    assert extra["chunk_mb"] == {
+        "min": round(min(sizes), 4),
+        "max": round(max(sizes), 4),
+        "mean": round(float(np.mean(sizes)), 4),
+    }
     assert set(extra["splits"]) == set(SPLIT_ROWS)
     # The manifest's files are the real bytes.
     assert manifest["rows"] == sum(SPLIT_ROWS.values())
@@ -392,7 +425,10 @@ def test_deterministic_across_runs_workers_and_parts(published, dataset, tmp_pat
     cfg = make_cfg(str(tmp_path / "run"), workers=1, processes=False)
     inputs = publish_inputs(cfg, dataset, {"train": 5, "valid": 1, "test": [0, 0, 250, 600]})
     second = run_chunks(cfg, inputs)
-    strip = lambda m: [(f["path"], f["rows"], f["bytes"], f["sha256"], f["split"]) for f in m["files"]]
+
+    def strip(m):
+        return [(f["path"], f["rows"], f["bytes"], f["sha256"], f["split"]) for f in m["files"]]
+
     assert strip(second) == strip(first)
     a, b = published[1], Store(cfg.run_dir)
     for f in first["files"]:
@@ -419,7 +455,7 @@ def test_doc_snippet_runs(published, monkeypatch):
     """The reading snippet of docs/data-format.md §7 runs as written against a real run dir."""
     cfg, store, manifest = published
     doc = (ROOT / "docs" / "data-format.md").read_text()
-    section = doc[doc.index("## 7. `chunks`"):]
+    section = doc[doc.index("## 7. `chunks`") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(Path(cfg.run_dir).parent)
     ns: dict = {}
@@ -464,7 +500,9 @@ def test_misaligned_text_fails_clearly(dataset, tmp_path):
     bad["valid"]["text"] = text.take(order)
     cfg = make_cfg(str(tmp_path / "run"), workers=1)
     inputs = publish_inputs(cfg, bad, {"train": 1, "valid": 1, "test": 1})
-    with pytest.raises(StageError, match=r"text valid/part-00000\.parquet is not row-aligned with ingest: row_id differs at row 10"):
+    with pytest.raises(
+        StageError, match=r"text valid/part-00000\.parquet is not row-aligned with ingest: row_id differs at row 10"
+    ):
         run_chunks(cfg, inputs)
     assert read_manifest(Store(cfg.run_dir), "chunks") is None
 

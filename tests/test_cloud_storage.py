@@ -56,8 +56,13 @@ def pipeline_config(run_dir: str, storage_options: dict | None = None) -> dict:
         "storage_options": storage_options or {},
         "data": {"generate": {"rows": sum(SPLIT_ROWS.values()), "seed": 7}},
         # Worker processes (the default): they reach the emulator with the run's storage_options.
-        "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB",
-                    "dashboard": False},
+        "cluster": {
+            "kind": "local",
+            "n_workers": 2,
+            "threads_per_worker": 1,
+            "memory_limit": "2GiB",
+            "dashboard": False,
+        },
         "ingest": {"blocksize": "2MiB"},
         "history": {"size": 4},
         "text": {"max_length": 48},
@@ -265,7 +270,11 @@ def test_emulator_restart_during_train(bucket_run, tmp_path):
     with open(out, "w") as fout, open(err, "w") as ferr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "microparade.cli", "run", str(run.config), "--from", "train"],
-            cwd=ROOT, env={**os.environ, **run.env}, stdout=fout, stderr=ferr, text=True,
+            cwd=ROOT,
+            env={**os.environ, **run.env},
+            stdout=fout,
+            stderr=ferr,
+            text=True,
         )
     try:
         _wait_for_line(err, "[train] step 3/6 ", proc, timeout=300)

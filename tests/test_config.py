@@ -31,7 +31,9 @@ def test_overrides_are_typed_yaml_scalars():
 
 def test_all_problems_in_one_error(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"histroy": {"size": 3}, "train": {"lr": -1, "batch_size": "big"}, "cluster": {"kind": "k8s"}}))
+    p.write_text(
+        yaml.safe_dump({"histroy": {"size": 3}, "train": {"lr": -1, "batch_size": "big"}, "cluster": {"kind": "k8s"}})
+    )
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)

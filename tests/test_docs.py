@@ -17,7 +17,9 @@ def test_config_reference_is_current():
 
 
 def test_every_config_key_is_described():
-    missing = [row for row in configdoc.render().splitlines() if row.startswith("| `") and row.rstrip().endswith("|  |")]
+    missing = [
+        row for row in configdoc.render().splitlines() if row.startswith("| `") and row.rstrip().endswith("|  |")
+    ]
     assert not missing, "config keys without a #: comment:\n" + "\n".join(missing)
 
 

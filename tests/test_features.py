@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from microparade.stages.features import ops
 from microparade.config import FeaturesConfig
-from microparade.stages.ingest.parsing import SCHEMA
 from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
+from microparade.stages.features import ops
 from microparade.stages.features import stage as F
+from microparade.stages.ingest.parsing import SCHEMA
 
 SYNC = {"scheduler": "sync"}
 
@@ -146,13 +146,15 @@ def test_splitmix64_reference_values_and_backends_agree():
 # target encoding
 # ----------------------------------------------------------------------------------------------
 def _te_frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "row_id": np.arange(9, dtype=np.int64),
-        "cat": pd.array(["a", "a", "a", "b", "b", "b", "a", "b", "c"], dtype="str"),
-        "fit": [True] * 6 + [False] * 3,
-        "fold": np.array([0, 0, 1, 0, 1, 1, -1, -1, -1], dtype=np.int8),
-        "y": np.array([1, 0, 1, 1, 0, 0, 1, 1, 1], dtype=np.int8),
-    })
+    return pd.DataFrame(
+        {
+            "row_id": np.arange(9, dtype=np.int64),
+            "cat": pd.array(["a", "a", "a", "b", "b", "b", "a", "b", "c"], dtype="str"),
+            "fit": [True] * 6 + [False] * 3,
+            "fold": np.array([0, 0, 1, 0, 1, 1, -1, -1, -1], dtype=np.int8),
+            "y": np.array([1, 0, 1, 1, 0, 0, 1, 1, 1], dtype=np.int8),
+        }
+    )
 
 
 def _encode(pdf: pd.DataFrame, npartitions: int, smoothing: float = 2.0, split_out: int = 1) -> pd.DataFrame:
@@ -192,12 +194,14 @@ def test_fold_priors_hand_computed():
 
 def _random_te_frame(n: int = 600, seed: int = 3) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "row_id": rng.choice(10**9, n, replace=False).astype(np.int64),
-        "cat": pd.array(rng.choice([f"c{i}" for i in range(12)], n), dtype="str"),
-        "fit": rng.random(n) < 0.7,
-        "y": (rng.random(n) < 0.3).astype(np.int8),
-    })
+    return pd.DataFrame(
+        {
+            "row_id": rng.choice(10**9, n, replace=False).astype(np.int64),
+            "cat": pd.array(rng.choice([f"c{i}" for i in range(12)], n), dtype="str"),
+            "fit": rng.random(n) < 0.7,
+            "y": (rng.random(n) < 0.3).astype(np.int8),
+        }
+    )
 
 
 def _encode_hashed(pdf: pd.DataFrame, npartitions: int) -> pd.DataFrame:
@@ -247,11 +251,13 @@ def test_non_fit_rows_use_full_statistics_and_unseen_gets_global_mean():
 
 
 def test_categorify_sorted_codes_unseen_zero():
-    pdf = pd.DataFrame({
-        "row_id": np.arange(7, dtype=np.int64),
-        "media": pd.array(["Photo", "", "GIF", "Photo_Photo", "", "Video", "GIF_GIF"], dtype="str"),
-        "fit": [True, True, True, True, True, False, False],
-    })
+    pdf = pd.DataFrame(
+        {
+            "row_id": np.arange(7, dtype=np.int64),
+            "media": pd.array(["Photo", "", "GIF", "Photo_Photo", "", "Video", "GIF_GIF"], dtype="str"),
+            "fit": [True, True, True, True, True, False, False],
+        }
+    )
     with dask.config.set(SYNC):
         for npartitions in (1, 3):
             ddf = dd.from_pandas(pdf, npartitions=npartitions)
@@ -267,14 +273,16 @@ def test_categorify_sorted_codes_unseen_zero():
 def test_difference_lag_hand_built_sequence_shuffled_input():
     # User u: t=10 (100, "en"), t=20 (130, "en"), t=20 (125, "fr", larger row_id), t=40 (90, "fr").
     # User v: a single engagement. Rows are given out of order, over several partitions.
-    pdf = pd.DataFrame({
-        "row_id": np.array([4, 2, 9, 1, 7], dtype=np.int64),
-        "split_code": np.array([0, 0, 1, 0, 0], dtype=np.int8),
-        "user": pd.array(["u", "u", "u", "v", "u"], dtype="str"),
-        "ts": np.array([40, 20, 20, 30, 10], dtype=np.int64),
-        "followers": np.array([90, 130, 125, 7, 100], dtype=np.int64),
-        "lang": pd.array(["fr", "en", "fr", "en", "en"], dtype="str"),
-    })
+    pdf = pd.DataFrame(
+        {
+            "row_id": np.array([4, 2, 9, 1, 7], dtype=np.int64),
+            "split_code": np.array([0, 0, 1, 0, 0], dtype=np.int8),
+            "user": pd.array(["u", "u", "u", "v", "u"], dtype="str"),
+            "ts": np.array([40, 20, 20, 30, 10], dtype=np.int64),
+            "followers": np.array([90, 130, 125, 7, 100], dtype=np.int64),
+            "lang": pd.array(["fr", "en", "fr", "en", "en"], dtype="str"),
+        }
+    )
     expected = {  # by row_id, in u's time order 7, 2, 9, 4; then v's row 1
         "followers_difference_lag_1": {7: 0.0, 2: 30.0, 9: -5.0, 4: -35.0, 1: 0.0},
         "lang_difference_lag_1": {7: 0.0, 2: 0.0, 9: 1.0, 4: 0.0, 1: 0.0},
@@ -286,9 +294,14 @@ def test_difference_lag_hand_built_sequence_shuffled_input():
     assert ops.lag_names("user", ["followers"], ["lang"], [1, -1]) == list(expected)
     with dask.config.set(SYNC):
         for npartitions in (1, 3):
-            got = ops.difference_lag(dd.from_pandas(pdf, npartitions=npartitions), by="user",
-                                     order=["ts", "row_id", "split_code"], diff_cols=["followers"],
-                                     changed_cols=["lang"], shifts=[1, -1])
+            got = ops.difference_lag(
+                dd.from_pandas(pdf, npartitions=npartitions),
+                by="user",
+                order=["ts", "row_id", "split_code"],
+                diff_cols=["followers"],
+                changed_cols=["lang"],
+                shifts=[1, -1],
+            )
             got = _sorted(got).set_index("row_id")
             for col, want in expected.items():
                 assert got[col].to_dict() == want, col
@@ -355,7 +368,9 @@ def test_stage_identical_for_one_and_eight_partitions(stage_runs):
         pd.testing.assert_frame_equal(one[split], many[split], check_exact=True)
     for key in ("feature_names", "te", "global_mean", "rows"):
         assert res1["extra"][key] == res8["extra"][key]
-    np.testing.assert_allclose(res1["extra"]["normalization"]["mean"], res8["extra"]["normalization"]["mean"], rtol=1e-12)
+    np.testing.assert_allclose(
+        res1["extra"]["normalization"]["mean"], res8["extra"]["normalization"]["mean"], rtol=1e-12
+    )
 
 
 def test_stage_deterministic_bytes_whatever_the_worker_count(stage_runs, tmp_path):
@@ -381,11 +396,14 @@ def test_stage_matches_direct_pandas_computation(stage_runs, ingest_tables):
     stats = like.groupby(train["language"]).agg(["sum", "count"])
     te = (stats["sum"] + 20.0 * mean) / (stats["count"] + 20.0)
     valid = frames["valid"]
-    np.testing.assert_array_equal(out["valid"]["TE_language_like"].to_numpy(),
-                                  te[valid["language"]].to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(
+        out["valid"]["TE_language_like"].to_numpy(), te[valid["language"]].to_numpy().astype(np.float32)
+    )
     counts = train.groupby("b_user_id").size()
-    np.testing.assert_array_equal(out["test"]["b_user_id_count"].to_numpy(),
-                                  counts.reindex(frames["test"]["b_user_id"]).fillna(0).to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(
+        out["test"]["b_user_id_count"].to_numpy(),
+        counts.reindex(frames["test"]["b_user_id"]).fillna(0).to_numpy().astype(np.float32),
+    )
     # Difference lag over all splits, per reader, in (timestamp, row_id, split) order.
     both = pd.concat([f.assign(split_code=i) for i, f in enumerate(frames.values())], ignore_index=True)
     both = both.sort_values(["b_user_id", "tweet_timestamp", "row_id", "split_code"])
@@ -397,9 +415,13 @@ def test_stage_matches_direct_pandas_computation(stage_runs, ingest_tables):
         np.testing.assert_array_equal(out[split]["b_follower_count_difference_lag_1"].to_numpy(), want)
     # Row-local features.
     ts = frames["test"]["tweet_timestamp"]
-    np.testing.assert_array_equal(out["test"]["tweet_hour"].to_numpy(), ((ts // 3600) % 24).to_numpy().astype(np.float32))
-    np.testing.assert_array_equal(out["test"]["tweet_dayofweek"].to_numpy(),
-                                  pd.to_datetime(ts, unit="s").dt.day_of_week.to_numpy().astype(np.float32))
+    np.testing.assert_array_equal(
+        out["test"]["tweet_hour"].to_numpy(), ((ts // 3600) % 24).to_numpy().astype(np.float32)
+    )
+    np.testing.assert_array_equal(
+        out["test"]["tweet_dayofweek"].to_numpy(),
+        pd.to_datetime(ts, unit="s").dt.day_of_week.to_numpy().astype(np.float32),
+    )
 
 
 def test_stage_requires_training_split(tmp_path, ingest_tables, client):

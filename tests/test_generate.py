@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from microparade import recsys_format as recsys
+from microparade.assets import load_tokenizer
 from microparade.stages.generate.synth import (
     ACCOUNT_CREATION_RANGE,
     ENGLISH_LANGUAGE_ID,
@@ -23,7 +24,6 @@ from microparade.stages.generate.synth import (
     topic_vocabularies,
     topics_of_texts,
 )
-from microparade.assets import load_tokenizer
 from tests.helpers.paths import MBERT_VOCAB as MBERT_DIR
 
 SPLITS = ("train", "valid", "test")

@@ -41,21 +41,72 @@ LOG = [
 
 EXPECTED = {
     ("past", 2): {
-        1: [], 2: [], 3: [1], 4: [1], 5: [1, 4], 6: [2, 4], 7: [5, 6], 8: [1], 9: [6, 8],
-        10: [], 11: [], 12: [10], 13: [10], 14: [], 15: [],
+        1: [],
+        2: [],
+        3: [1],
+        4: [1],
+        5: [1, 4],
+        6: [2, 4],
+        7: [5, 6],
+        8: [1],
+        9: [6, 8],
+        10: [],
+        11: [],
+        12: [10],
+        13: [10],
+        14: [],
+        15: [],
     },
     ("past", 3): {
-        1: [], 2: [], 3: [1], 4: [1], 5: [1, 4], 6: [1, 2, 4], 7: [4, 5, 6], 8: [1], 9: [4, 6, 8],
-        10: [], 11: [], 12: [10], 13: [10], 14: [], 15: [],
+        1: [],
+        2: [],
+        3: [1],
+        4: [1],
+        5: [1, 4],
+        6: [1, 2, 4],
+        7: [4, 5, 6],
+        8: [1],
+        9: [4, 6, 8],
+        10: [],
+        11: [],
+        12: [10],
+        13: [10],
+        14: [],
+        15: [],
     },
     ("centered", 2): {
-        1: [2, 4], 2: [1, 4], 3: [1, 2], 4: [2, 5], 5: [4, 6], 6: [5, 8], 7: [6, 8], 8: [5, 6], 9: [6, 8],
-        10: [12], 11: [10, 12], 12: [10], 13: [10, 12], 14: [], 15: [],
+        1: [2, 4],
+        2: [1, 4],
+        3: [1, 2],
+        4: [2, 5],
+        5: [4, 6],
+        6: [5, 8],
+        7: [6, 8],
+        8: [5, 6],
+        9: [6, 8],
+        10: [12],
+        11: [10, 12],
+        12: [10],
+        13: [10, 12],
+        14: [],
+        15: [],
     },
     ("centered", 3): {
-        1: [2, 4, 5], 2: [1, 4, 6], 3: [1, 2, 4], 4: [2, 5, 6], 5: [4, 6, 8], 6: [4, 5, 8], 7: [5, 6, 8],
-        8: [4, 5, 6], 9: [4, 6, 8],
-        10: [12], 11: [10, 12], 12: [10], 13: [10, 12], 14: [], 15: [],
+        1: [2, 4, 5],
+        2: [1, 4, 6],
+        3: [1, 2, 4],
+        4: [2, 5, 6],
+        5: [4, 6, 8],
+        6: [4, 5, 8],
+        7: [5, 6, 8],
+        8: [4, 5, 6],
+        9: [4, 6, 8],
+        10: [12],
+        11: [10, 12],
+        12: [10],
+        13: [10, 12],
+        14: [],
+        15: [],
     },
 }
 
@@ -81,7 +132,7 @@ def as_row_ids(win: np.ndarray, eng: pd.DataFrame, targets: pd.DataFrame) -> dic
     out = {}
     for t, row in zip(targets["row_id"].tolist(), win):
         valid = row[row >= 0]
-        assert np.all(row[len(valid):] == -1), "padding must come after the valid slots"
+        assert np.all(row[len(valid) :] == -1), "padding must come after the valid slots"
         out[t] = rid[valid].tolist()
     return out
 
@@ -157,7 +208,7 @@ def test_invariants(seed, window):
     n_eligible = []
     for t, row in zip(targets.itertuples(index=False), win):
         valid = row[row >= 0]
-        assert np.all(row[len(valid):] == -1)
+        assert np.all(row[len(valid) :] == -1)
         assert np.all(e_user[valid] == t.user)
         assert t.tweet not in set(e_tweet[valid]), "the target tweet is in its own history"
         assert (t.split, t.row_id) not in {e_key[i] for i in valid}, "the target row is in its own history"

@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import fsspec
 import pyarrow as pa
@@ -21,10 +20,11 @@ import pytest
 import zstandard
 
 from microparade.config import build_config
-from microparade.stages.ingest.parsing import SCHEMA, parse_block
 from microparade.engine import StageError, run_pipeline
+from microparade.stages.ingest.parsing import SCHEMA, parse_block
 from microparade.stages.ingest.stage import _first_line_start, iter_line_pieces
 from tests.helpers.cli import run_cli
+
 
 def hexid(i: int) -> str:
     return f"{i:032X}"
@@ -295,8 +295,14 @@ def test_malformed_lines_quarantined_with_reasons_and_line_numbers(tmp_path):
     s = m["extra"]["splits"]["train"]
     assert (s["rows_in"], s["rows_out"], s["rows_quarantined"], s["blank_lines"]) == (17, 5, 12, 1)
     assert s["quarantined_by_reason"] == {
-        "bad_boolean": 1, "bad_hex_id": 2, "bad_integer": 3, "bad_media": 1, "bad_token": 1,
-        "bad_tweet_type": 2, "bad_utf8": 1, "field_count": 1,
+        "bad_boolean": 1,
+        "bad_hex_id": 2,
+        "bad_integer": 3,
+        "bad_media": 1,
+        "bad_token": 1,
+        "bad_tweet_type": 2,
+        "bad_utf8": 1,
+        "field_count": 1,
     }
     assert s["parts"] > 5
     offsets = [sum(len(x) + 1 for x in train_lines[: i - 1]) for i in valid_lines]
@@ -306,7 +312,12 @@ def test_malformed_lines_quarantined_with_reasons_and_line_numbers(tmp_path):
     assert expected_rows[3]["text_tokens"] == []
 
     t = m["extra"]["splits"]["test"]
-    assert (t["rows_in"], t["rows_out"], t["rows_quarantined"], t["quarantined_by_reason"]) == (4, 3, 1, {"field_count": 1})
+    assert (t["rows_in"], t["rows_out"], t["rows_quarantined"], t["quarantined_by_reason"]) == (
+        4,
+        3,
+        1,
+        {"field_count": 1},
+    )
     tq = pq.read_table(f"{run_dir}/ingest/quarantine/test.parquet").to_pylist()
     assert [(r["line"], r["reason"]) for r in tq] == [(3, "field_count")]
     test = read_split(run_dir, "test")
@@ -392,7 +403,7 @@ def test_blocksize_and_workers_do_not_change_rows_and_output_is_deterministic(tm
     (tmp_path / "x.txt").write_bytes(data)
     raw = {"train": [str(tmp_path / "x.txt")]}
     small = ingest(str(tmp_path / "small"), raw, blocksize="4KiB")
-    big = ingest(str(tmp_path / "big"), raw)
+    ingest(str(tmp_path / "big"), raw)
     n_small = len([f for f in small["files"] if f["path"].startswith("train/")])
     assert n_small == -(-len(data) // 4096) and n_small > 1
     a, b = read_split(str(tmp_path / "small"), "train"), read_split(str(tmp_path / "big"), "train")

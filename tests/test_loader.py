@@ -41,9 +41,11 @@ def _chunk_rows(run_dir: str) -> dict[str, list[int]]:
 
 
 def test_epoch_visits_every_row_once_in_seeded_order(run_dir):
-    with ChunkLoader.from_run_dir(run_dir, "train", batch_size=8, seed=3) as a, ChunkLoader.from_run_dir(
-        run_dir, "train", batch_size=8, seed=3
-    ) as b, ChunkLoader.from_run_dir(run_dir, "train", batch_size=8, seed=4) as c:
+    with (
+        ChunkLoader.from_run_dir(run_dir, "train", batch_size=8, seed=3) as a,
+        ChunkLoader.from_run_dir(run_dir, "train", batch_size=8, seed=3) as b,
+        ChunkLoader.from_run_dir(run_dir, "train", batch_size=8, seed=4) as c,
+    ):
         e0, e1 = _rows(a, 0), _rows(a, 1)
         assert sorted(e0) == list(range(79)) and sorted(e1) == list(range(79))
         assert e0 == _rows(b, 0)  # same seed, same order
@@ -71,7 +73,9 @@ def test_unshuffled_order_is_manifest_order(run_dir):
 
 def test_rank_shards_drop_remainder(run_dir):
     world = 3
-    loaders = [ChunkLoader.from_run_dir(run_dir, "train", batch_size=4, rank=r, world_size=world, seed=1) for r in range(world)]
+    loaders = [
+        ChunkLoader.from_run_dir(run_dir, "train", batch_size=4, rank=r, world_size=world, seed=1) for r in range(world)
+    ]
     try:
         shards = [_rows(lo, 0) for lo in loaders]
         # equal sizes: sum(n // 3) = 7 + 5 + 10 + 3 = 25 per rank, same number of batches
@@ -194,9 +198,10 @@ def test_fsspec_memory_url(tmp_path):
         if p.is_file():
             mem.pipe_file(f"/loadertest/run/chunks/{p.relative_to(tmp_path / 'run' / 'chunks')}", p.read_bytes())
     try:
-        with ChunkLoader.from_run_dir("memory://loadertest/run", "train", batch_size=4, seed=2) as lo, ChunkLoader.from_run_dir(
-            local, "train", batch_size=4, seed=2
-        ) as ref:
+        with (
+            ChunkLoader.from_run_dir("memory://loadertest/run", "train", batch_size=4, seed=2) as lo,
+            ChunkLoader.from_run_dir(local, "train", batch_size=4, seed=2) as ref,
+        ):
             assert _rows(lo, 0) == _rows(ref, 0) and len(_rows(lo, 0)) == 15
     finally:
         mem.rm("/loadertest", recursive=True)

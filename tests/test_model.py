@@ -86,7 +86,16 @@ def test_examples_from_table_take_and_concat():
     assert rev.cand_values.tolist() == [4, 5, 6, 7] and rev.cand_offsets.tolist() == [0, 1, 4]
     assert rev.hist_offsets.tolist() == [0, 0, 0, 2, 2] and rev.hist_values.tolist() == [8, 9]
     both = Examples.concat(ex.take(np.array([1])), ex.take(np.array([0])))
-    for field in ("row_id", "cand_values", "cand_offsets", "hist_values", "hist_offsets", "hist_mask", "labels", "tweet_id"):
+    for field in (
+        "row_id",
+        "cand_values",
+        "cand_offsets",
+        "hist_values",
+        "hist_offsets",
+        "hist_mask",
+        "labels",
+        "tweet_id",
+    ):
         assert np.array_equal(getattr(both, field), getattr(rev, field)), field
 
 
@@ -132,9 +141,10 @@ def test_buckets_token_budget_and_static_shapes():
     mb = encode_batch(ex, specials=SPECIALS, max_length=64, token_budget=256)
     n_seq = 40 + int(ex.hist_mask.sum())
     assert sum(g.n_real for g in mb.groups) == n_seq
-    assert sorted(torch.cat([g.slots for g in mb.groups]).tolist()) == np.flatnonzero(
-        np.concatenate([np.ones((40, 1), bool), ex.hist_mask], 1).reshape(-1)
-    ).tolist()
+    assert (
+        sorted(torch.cat([g.slots for g in mb.groups]).tolist())
+        == np.flatnonzero(np.concatenate([np.ones((40, 1), bool), ex.hist_mask], 1).reshape(-1)).tolist()
+    )
     for g in mb.groups:
         rows, length = g.input_ids.shape
         assert rows * length <= 256 and length in ladder
@@ -160,7 +170,9 @@ def test_efficient_equals_naive_logits(heads):
     model = build_model(cfg, _chunks(5, 6), seed=0).eval()
     eff = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="efficient", token_budget=512)
     naive = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="naive")
-    static = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="efficient", token_budget=512, static_shapes=True)
+    static = encode_batch(
+        ex, specials=SPECIALS, max_length=64, encoding="efficient", token_budget=512, static_shapes=True
+    )
     assert len(eff.groups) > 3 and naive.encoded_tokens > 3 * eff.encoded_tokens
     with torch.no_grad():
         a, b, c = model(eff), model(naive), model(static)
@@ -211,12 +223,18 @@ def test_masked_slots_do_not_matter():
             if not table["hist_mask"][i][j]:
                 table["hist_tokens"][i][j] = [3000 + i, 3001 + j]
                 table["hist_hour"][i][j] = 5
-    noisy = Examples.from_table(pa.table(table, schema=h.chunk_table(1, history_size=4).schema), history_size=4, n_features=5)
+    noisy = Examples.from_table(
+        pa.table(table, schema=h.chunk_table(1, history_size=4).schema), history_size=4, n_features=5
+    )
     assert len(noisy.hist_values) > len(ex.hist_values)
     with torch.no_grad():
         base = model(encode_batch(ex, specials=SPECIALS, max_length=64))
-        torch.testing.assert_close(base, model(encode_batch(noisy, specials=SPECIALS, max_length=64, encoding="naive")), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(base, model(encode_batch(noisy, specials=SPECIALS, max_length=64)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            base, model(encode_batch(noisy, specials=SPECIALS, max_length=64, encoding="naive")), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            base, model(encode_batch(noisy, specials=SPECIALS, max_length=64)), rtol=1e-5, atol=1e-5
+        )
         # ... while the hour of a valid slot does.
         valid = ex.take(np.arange(8))
         valid.hist_hour = np.where(valid.hist_mask, (valid.hist_hour + 7) % 24, 24)
@@ -274,8 +292,18 @@ def test_model_bundle_round_trip():
     bundle = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     assert bundle["special_tokens"]["cls"] == 101 and bundle["history_size"] == 4
     # The model.pt format: these keys, in this order, with plain Python values.
-    assert list(bundle) == ["format", "state_dict", "model_config", "encoder_config", "feature_names",
-                            "normalization", "history_size", "max_length", "special_tokens", "encoder_tokenizer"]
+    assert list(bundle) == [
+        "format",
+        "state_dict",
+        "model_config",
+        "encoder_config",
+        "feature_names",
+        "normalization",
+        "history_size",
+        "max_length",
+        "special_tokens",
+        "encoder_tokenizer",
+    ]
     assert bundle["feature_names"] == [f"f{i}" for i in range(5)]
     assert bundle["normalization"] == {"mean": [0.5] * 5, "std": [2.0] * 5}
     assert bundle["special_tokens"] == h.SPECIAL_TOKENS and bundle["encoder_tokenizer"] == "minilm"

@@ -24,9 +24,9 @@ import pytest
 
 import microparade.engine.registry as stages_mod
 from microparade.config import build_config
+from microparade.engine import read_manifest, run_pipeline
 from microparade.metrics import compute_metrics
 from microparade.recsys_format import TARGETS
-from microparade.engine import read_manifest, run_pipeline
 from microparade.storage import Store
 
 N_FEATURES = 6
@@ -43,7 +43,12 @@ def _split_data(split: str, n: int, seed: int):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
     w = np.array(
-        [[1.6, 0.0, 0.0, 0.0, 0.6, 0.0], [0.0, 1.6, 0.0, 0.0, 0.6, 0.0], [0.0, 0.0, 1.6, 0.0, 0.0, 0.6], [0.0, 0.0, 0.0, 1.6, 0.0, 0.6]]
+        [
+            [1.6, 0.0, 0.0, 0.0, 0.6, 0.0],
+            [0.0, 1.6, 0.0, 0.0, 0.6, 0.0],
+            [0.0, 0.0, 1.6, 0.0, 0.0, 0.6],
+            [0.0, 0.0, 0.0, 1.6, 0.0, 0.6],
+        ]
     )
     logits = BASE_LOGIT + x.astype(np.float64) @ w.T
     labels = (rng.random((n, 4)) < 1 / (1 + np.exp(-logits))).astype(np.int8)
@@ -101,8 +106,13 @@ def _fake_ingest(ctx) -> None:
     for s, parts in SPLIT_ROWS.items():
         rows = sum(parts)
         bad = {"train": {"field_count": 3, "bad_int": 1}, "valid": {"field_count": 2}, "test": {}}[s]
-        splits[s] = {"rows_in": rows + sum(bad.values()), "rows_out": rows, "rows_quarantined": sum(bad.values()),
-                     "quarantined_by_reason": bad, "files": [f"/raw/{s}/part-00000"]}
+        splits[s] = {
+            "rows_in": rows + sum(bad.values()),
+            "rows_out": rows,
+            "rows_quarantined": sum(bad.values()),
+            "quarantined_by_reason": bad,
+            "files": [f"/raw/{s}/part-00000"],
+        }
     _write(ctx, "quarantine/train.parquet", _table_bytes(pa.table({"line": pa.array([3, 9], pa.int64())})))
     ctx.extra.update(splits=splits)
 
@@ -117,7 +127,11 @@ def _fake_text(ctx) -> None:
     _write(ctx, "valid/part-00000.parquet", _table_bytes(pa.table({"row_id": pa.array([1, 2], pa.int64())})))
     ctx.extra.update(
         history={"size": H, "window": "past", "prefix": False, "sources": ["train", "valid"]},
-        hist_len_hist={"train": [1500, 700, 500, 200, 100], "valid": [900, 300, 200, 80, 20], "test": [300, 60, 30, 10, 0]},
+        hist_len_hist={
+            "train": [1500, 700, 500, 200, 100],
+            "valid": [900, 300, 200, 80, 20],
+            "test": [300, 60, 30, 10, 0],
+        },
     )
 
 
@@ -138,20 +152,37 @@ def _fake_chunks(ctx) -> None:
             k += 1
             if s != "test":
                 rates += np.array([t.column(c).to_numpy().sum() for c in TARGETS])
-        splits[s] = {"rows": sum(parts), "chunks": len(parts),
-                     "label_rates": None if s == "test" else {c: float(r / sum(parts)) for c, r in zip(TARGETS, rates)}}
-    ctx.extra.update(schema_version=1, feature_names=[f"f{i}" for i in range(N_FEATURES)],
-                     normalization={"mean": [0.0] * N_FEATURES, "std": [1.0] * N_FEATURES},
-                     history_size=H, max_length=64, encoder_tokenizer="minilm",
-                     special_tokens={"cls": 101, "sep": 102, "pad": 0}, splits=splits)
+        splits[s] = {
+            "rows": sum(parts),
+            "chunks": len(parts),
+            "label_rates": None if s == "test" else {c: float(r / sum(parts)) for c, r in zip(TARGETS, rates)},
+        }
+    ctx.extra.update(
+        schema_version=1,
+        feature_names=[f"f{i}" for i in range(N_FEATURES)],
+        normalization={"mean": [0.0] * N_FEATURES, "std": [1.0] * N_FEATURES},
+        history_size=H,
+        max_length=64,
+        encoder_tokenizer="minilm",
+        special_tokens={"cls": 101, "sep": 102, "pad": 0},
+        splits=splits,
+    )
 
 
 def _fake_train(ctx) -> None:
     lines = []
     for step in range(0, 300, 5):
-        lines.append(json.dumps({"step": step, "loss": 0.7 * np.exp(-step / 120) + 0.25 + 0.02 * np.sin(step),
-                                 "lr": 1e-5 * min(1.0, (step + 5) / 50), "examples_per_s": 410.0 + (step % 7),
-                                 "data_efficiency": 0.62 + step / 3000}))
+        lines.append(
+            json.dumps(
+                {
+                    "step": step,
+                    "loss": 0.7 * np.exp(-step / 120) + 0.25 + 0.02 * np.sin(step),
+                    "lr": 1e-5 * min(1.0, (step + 5) / 50),
+                    "examples_per_s": 410.0 + (step % 7),
+                    "data_efficiency": 0.62 + step / 3000,
+                }
+            )
+        )
     _write(ctx, "metrics.jsonl", ("\n".join(lines) + "\n").encode())
     _write(ctx, "model.pt", b"weights")
     ctx.extra.update(steps=295, best_step=290)

@@ -117,8 +117,8 @@ def test_failed_stage_is_recorded_and_not_trusted(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         f"""
-run_dir: {tmp_path / 'bad'}
-data: {{raw: {{train: {tmp_path / 'nothing-here'}/part-*}}}}
+run_dir: {tmp_path / "bad"}
+data: {{raw: {{train: {tmp_path / "nothing-here"}/part-*}}}}
 cluster: {{n_workers: 1, processes: false, dashboard: false}}
 """
     )

@@ -48,8 +48,7 @@ def test_two_node_job_runs_a_step_on_each_node(slurm, tmp_path):
     )
     out = tmp_path / "two_nodes.out"
     job = sbatch(
-        ["--nodes=2", "--ntasks-per-node=1", "--time=2", f"--chdir={tmp_path}",
-         f"--output={out}", str(script)]
+        ["--nodes=2", "--ntasks-per-node=1", "--time=2", f"--chdir={tmp_path}", f"--output={out}", str(script)]
     )
     assert wait_jobs([job], timeout=60, poll=0.5) == {job: "COMPLETED"}
     text = out.read_text()
@@ -70,8 +69,7 @@ def test_failed_job_cancels_its_afterok_dependent(slurm, tmp_path):
     # it fails (the order the pipeline submits in).
     failing = sbatch(["--hold", f"--chdir={tmp_path}", "--output=fail.out", "--wrap", "exit 3"])
     dependent = sbatch(
-        [f"--dependency=afterok:{failing}", f"--chdir={tmp_path}", "--output=dep.out",
-         "--wrap", "touch dependent-ran"]
+        [f"--dependency=afterok:{failing}", f"--chdir={tmp_path}", "--output=dep.out", "--wrap", "touch dependent-ran"]
     )
     subprocess.run(["scontrol", "release", failing], check=True)
     states = wait_jobs([failing, dependent], timeout=30, poll=0.5)
@@ -79,7 +77,9 @@ def test_failed_job_cancels_its_afterok_dependent(slurm, tmp_path):
     assert not (tmp_path / "dependent-ran").exists()
     exit_code = subprocess.run(
         ["sacct", "-n", "-P", "-X", "-j", failing, "-o", "ExitCode"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert exit_code == "3:0"
 
@@ -92,9 +92,7 @@ def test_requeued_job_runs_again_and_appends_output(slurm, tmp_path):
         "sleep 300\n",
     )
     out = tmp_path / "requeue.out"
-    job = sbatch(
-        ["--requeue", "--open-mode=append", f"--chdir={tmp_path}", f"--output={out}", str(script)]
-    )
+    job = sbatch(["--requeue", "--open-mode=append", f"--chdir={tmp_path}", f"--output={out}", str(script)])
     _wait_for_file_text(out, "run restart_count=0", timeout=30)
     subprocess.run(["scontrol", "requeue", job], check=True)
     # A requeued job becomes eligible again only once its old credential expired
@@ -116,7 +114,6 @@ def test_batch_shell_gets_usr2_before_the_time_limit(slurm, tmp_path):
         "sleep 120 & wait\n"
         "echo 'no signal'\n",
     )
-    job = sbatch(["--time=1", "--signal=B:USR2@60", f"--chdir={tmp_path}",
-                  "--output=signal.out", str(script)])
+    job = sbatch(["--time=1", "--signal=B:USR2@60", f"--chdir={tmp_path}", "--output=signal.out", str(script)])
     assert wait_jobs([job], timeout=90, poll=0.5) == {job: "COMPLETED"}
     assert marker.read_text().startswith("USR2 after"), (tmp_path / "signal.out").read_text()

@@ -77,7 +77,12 @@ def overrides(run: Path, *extra: str) -> list[str]:
 def raw_from(run: Path) -> list[str]:
     """Overrides reading ``run``'s generated raw files instead of generating (no generate stage)."""
     gen = run / "run" / "generate"
-    return ["data.generate=null", f"data.raw.train={gen / 'train'}", f"data.raw.valid={gen / 'valid'}", f"data.raw.test={gen / 'test'}"]
+    return [
+        "data.generate=null",
+        f"data.raw.train={gen / 'train'}",
+        f"data.raw.valid={gen / 'valid'}",
+        f"data.raw.test={gen / 'test'}",
+    ]
 
 
 def job_env() -> dict[str, str]:
@@ -131,7 +136,9 @@ def file_hashes(run: Path, stage: str) -> dict[str, str]:
 CHECKPOINT = r"\[train\] checkpoint ckpt-\d+\.pt at step \d+"
 
 
-def wait_for_text(path: Path, pattern: str, timeout: float, start: int = 0, stop_pattern: str | None = None) -> re.Match:
+def wait_for_text(
+    path: Path, pattern: str, timeout: float, start: int = 0, stop_pattern: str | None = None
+) -> re.Match:
     """Poll a log file (it may not exist yet) until ``pattern`` matches at or after offset
     ``start``; fail early if ``stop_pattern`` shows up there first."""
     deadline = time.monotonic() + timeout
@@ -213,33 +220,76 @@ def launched(slurm, tmp_path_factory) -> Launched:
     after_generate = [f"--dependency=afterok:{a_jobs['generate']}", "--kill-on-invalid-dep=yes"]
     common = ["--mem=1500M", "--cpus-per-task=1", "--time=15", f"--export=ALL,MICROPARADE_HOME={ROOT}"]
     d_job = sbatch(
-        [*after_generate, *common, "--nodes=2", f"--output={d / 'logs' / 'ingest-%j.out'}", str(ROOT / "slurm" / "ingest.sbatch"),
-         str(CONFIG), *overrides(d, *raw_from(a), "cluster.kind=scheduler_file")],
+        [
+            *after_generate,
+            *common,
+            "--nodes=2",
+            f"--output={d / 'logs' / 'ingest-%j.out'}",
+            str(ROOT / "slurm" / "ingest.sbatch"),
+            str(CONFIG),
+            *overrides(d, *raw_from(a), "cluster.kind=scheduler_file"),
+        ],
         env=env,
     )
     e_job = sbatch(
-        [*after_generate, *common, f"--output={e / 'logs' / 'ingest-%j.out'}", str(ROOT / "slurm" / "ingest.sbatch"),
-         str(CONFIG), *overrides(e, *raw_from(a), "cluster.kind=jobqueue", "cluster.jobqueue.jobs=2",
-                                 "cluster.jobqueue.cores=1", "cluster.jobqueue.memory=1GiB",
-                                 "cluster.jobqueue.walltime=00:15:00", "cluster.jobqueue.scheduler_host=127.0.0.1",
-                                 f"cluster.jobqueue.python={sys.executable}", f"cluster.jobqueue.log_directory={e / 'logs'}",
-                                 "cluster.min_workers=2")],
+        [
+            *after_generate,
+            *common,
+            f"--output={e / 'logs' / 'ingest-%j.out'}",
+            str(ROOT / "slurm" / "ingest.sbatch"),
+            str(CONFIG),
+            *overrides(
+                e,
+                *raw_from(a),
+                "cluster.kind=jobqueue",
+                "cluster.jobqueue.jobs=2",
+                "cluster.jobqueue.cores=1",
+                "cluster.jobqueue.memory=1GiB",
+                "cluster.jobqueue.walltime=00:15:00",
+                "cluster.jobqueue.scheduler_host=127.0.0.1",
+                f"cluster.jobqueue.python={sys.executable}",
+                f"cluster.jobqueue.log_directory={e / 'logs'}",
+                "cluster.min_workers=2",
+            ),
+        ],
         env=env,
     )
     # R: A's upstream outputs copied once A's chunks are published, then train + evaluate alone.
     copy = sbatch(
-        [f"--dependency=afterok:{a_jobs['chunks']}", "--kill-on-invalid-dep=yes", "--mem=100M", "--time=5",
-         f"--output={r / 'logs' / 'copy-%j.out'}", "--wrap",
-         f"mkdir -p {r / 'run'} && cp -r " + " ".join(str(a / "run" / s) for s in UPSTREAM) + f" {r / 'run'}/"],
+        [
+            f"--dependency=afterok:{a_jobs['chunks']}",
+            "--kill-on-invalid-dep=yes",
+            "--mem=100M",
+            "--time=5",
+            f"--output={r / 'logs' / 'copy-%j.out'}",
+            "--wrap",
+            f"mkdir -p {r / 'run'} && cp -r " + " ".join(str(a / "run" / s) for s in UPSTREAM) + f" {r / 'run'}/",
+        ],
     )
     r_train = sbatch(
-        [f"--dependency=afterok:{copy}", "--kill-on-invalid-dep=yes", *common, "--job-name=mp-train",
-         f"--output={r / 'logs' / '%x-%j.out'}", str(ROOT / "slurm" / "train.sbatch"), str(CONFIG), *overrides(r)],
+        [
+            f"--dependency=afterok:{copy}",
+            "--kill-on-invalid-dep=yes",
+            *common,
+            "--job-name=mp-train",
+            f"--output={r / 'logs' / '%x-%j.out'}",
+            str(ROOT / "slurm" / "train.sbatch"),
+            str(CONFIG),
+            *overrides(r),
+        ],
         env=env,
     )
     r_eval = sbatch(
-        [f"--dependency=afterok:{r_train}", "--kill-on-invalid-dep=yes", *common, "--job-name=mp-evaluate",
-         f"--output={r / 'logs' / '%x-%j.out'}", str(ROOT / "slurm" / "evaluate.sbatch"), str(CONFIG), *overrides(r)],
+        [
+            f"--dependency=afterok:{r_train}",
+            "--kill-on-invalid-dep=yes",
+            *common,
+            "--job-name=mp-evaluate",
+            f"--output={r / 'logs' / '%x-%j.out'}",
+            str(ROOT / "slurm" / "evaluate.sbatch"),
+            str(CONFIG),
+            *overrides(r),
+        ],
         env=env,
     )
 
@@ -262,8 +312,26 @@ def launched(slurm, tmp_path_factory) -> Launched:
     )
     a_requeue.start()
     b_usr2.start()
-    return Launched(base, a, b, c, d, e, r, a_out, b_out, c_out, a_jobs, b_jobs, c_jobs, d_job, e_job,
-                    {"copy": copy, "train": r_train, "evaluate": r_eval}, a_requeue, b_usr2)
+    return Launched(
+        base,
+        a,
+        b,
+        c,
+        d,
+        e,
+        r,
+        a_out,
+        b_out,
+        c_out,
+        a_jobs,
+        b_jobs,
+        c_jobs,
+        d_job,
+        e_job,
+        {"copy": copy, "train": r_train, "evaluate": r_eval},
+        a_requeue,
+        b_usr2,
+    )
 
 
 def _assert_all_done_under_slurm(run: Path, jobs: dict[str, str], launcher: str) -> None:
@@ -291,7 +359,10 @@ def test_pipeline_sh_runs_every_stage_as_a_chained_job(launched):
     a = launched.a
     assert set(launched.a_jobs) == set(STAGES), launched.a_out
     # Dependencies as submitted: each stage waits for the jobs of its inputs.
-    assert f"chunks {launched.a_jobs['chunks']} (missing, after {launched.a_jobs['ingest']}:{launched.a_jobs['text']}:{launched.a_jobs['features']})" in launched.a_out
+    assert (
+        f"chunks {launched.a_jobs['chunks']} (missing, after "
+        f"{launched.a_jobs['ingest']}:{launched.a_jobs['text']}:{launched.a_jobs['features']})" in launched.a_out
+    )
     states = wait_jobs(launched.a_jobs.values(), timeout=CHAIN_TIMEOUT_S)
     assert set(states.values()) == {"COMPLETED"}, states
     names = {jid: name for jid, name in sacct_field(list(launched.a_jobs.values()), "JobID,JobName")}
@@ -312,7 +383,9 @@ def test_submit_runs_every_stage_with_submitit_and_matches_pipeline_sh(launched)
     states = wait_jobs(launched.b_jobs.values(), timeout=CHAIN_TIMEOUT_S)
     assert set(states.values()) == {"COMPLETED"}, states
     _assert_all_done_under_slurm(b, launched.b_jobs, "submitit")
-    script = (b / "logs" / "submitit" / launched.b_jobs["chunks"] / f"{launched.b_jobs['chunks']}_submission.sh").read_text()
+    script = (
+        b / "logs" / "submitit" / launched.b_jobs["chunks"] / f"{launched.b_jobs['chunks']}_submission.sh"
+    ).read_text()
     deps = ":".join(launched.b_jobs[s] for s in ("ingest", "text", "features"))
     assert f"#SBATCH --dependency=afterok:{deps}" in script and "#SBATCH --kill-on-invalid-dep=yes" in script, script
     assert "#SBATCH --mem=1500M" in script and "#SBATCH --cpus-per-task=1" in script, script
@@ -336,7 +409,9 @@ def test_failed_stage_cancels_its_dependents_and_shows_failed(launched):
     states = wait_jobs(jobs.values(), timeout=JOB_TIMEOUT_S)
     assert states == {jid: ("FAILED" if stage == "ingest" else "CANCELLED") for stage, jid in jobs.items()}, states
     log = (c / "logs" / f"mp-ingest-{jobs['ingest']}.out").read_text()
-    assert "microparade: stage ingest failed: IngestError: data.raw.train: '/nonexistent/*' matches no file" in log, log[-2000:]
+    assert "microparade: stage ingest failed: IngestError: data.raw.train: '/nonexistent/*' matches no file" in log, (
+        log[-2000:]
+    )
     for stage in set(jobs) - {"ingest"}:  # cancelled while pending: they never started
         assert not (c / "logs" / f"mp-{stage}-{jobs[stage]}.out").exists(), stage
     rows = status_json(*overrides(c, "data.generate=null", "data.raw.train=/nonexistent/*"))
@@ -410,13 +485,22 @@ def test_interrupted_training_resumes_from_its_checkpoint_and_matches_an_uninter
     assert [state for _, state in runs] == ["REQUEUED", "REQUEUED", "COMPLETED"], runs
     log = (a / "logs" / f"mp-train-{a_train}.out").read_text()
     assert all(seen in log for seen in a_seen)
-    assert re.findall(r"stage train on node\d \(nodes: node\d, tasks 1, restart (\d)\)$", log, flags=re.M) == ["0", "1", "2"], log[-6000:]
-    first, second, third = re.split(r"^.*stage train on node\d \(nodes: node\d, tasks 1, restart \d\)$", log, flags=re.M)[1:]
+    assert re.findall(r"stage train on node\d \(nodes: node\d, tasks 1, restart (\d)\)$", log, flags=re.M) == [
+        "0",
+        "1",
+        "2",
+    ], log[-6000:]
+    first, second, third = re.split(
+        r"^.*stage train on node\d \(nodes: node\d, tasks 1, restart \d\)$", log, flags=re.M
+    )[1:]
     assert "SIGUSR2: asking train to checkpoint" in first, first[-3000:]
     assert f"train stopped early (exit 124 after SIGUSR2); requeueing job {a_train}" in first, first[-3000:]
     assert "SIGTERM: asking train to checkpoint" in second, second[-3000:]
     assert re.search(rf"train stopped early \(exit 124\); job {a_train} is COMPLETING", second), second[-3000:]
-    steps = [int(re.search(r"\[train\] resumed from checkpoint ckpt-\d+\.pt: step (\d+)", run).group(1)) for run in (second, third)]
+    steps = [
+        int(re.search(r"\[train\] resumed from checkpoint ckpt-\d+\.pt: step (\d+)", run).group(1))
+        for run in (second, third)
+    ]
     assert 4 <= steps[0] < steps[1] < TRAIN_STEPS, (steps, log[-6000:])
     assert "resumed from checkpoint" not in first
 

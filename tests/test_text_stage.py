@@ -13,16 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from microparade.config import build_config
-from microparade.stages.text.windows import select_windows_python
-from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
 from microparade.engine import run_pipeline
-from microparade.stages.text.stage import OUTPUT_SCHEMA
+from microparade.recsys_format import TARGET_TIMESTAMP, TARGETS
 from microparade.stages.text.clean import (
     clean_token_lists,
     get_tokenizer,
     prefix_table,
     special_tokens,
 )
+from microparade.stages.text.stage import OUTPUT_SCHEMA
+from microparade.stages.text.windows import select_windows_python
 from tests.helpers.paths import MBERT_VOCAB
 
 MBERT = str(MBERT_VOCAB)
@@ -181,6 +181,7 @@ def test_files_mirror_ingest(runs):
 
 def count_runs(lists: list[list[int]], pattern: list[int]) -> int:
     """Occurrences of the id sequence ``pattern`` in every list (via their text forms)."""
+
     def text(ids: list[int]) -> str:
         return "".join(f"<{i}>" for i in ids)
 
@@ -258,9 +259,9 @@ def test_histories_match_python_reference(runs, name, window, prefix):
         valid = row[row >= 0]
         n = len(valid)
         n_full += n == H
-        exp_tokens = [
-            ((table[e_mask[j]] if prefix else []) + e_tokens[j])[: MAX_LENGTH - 2] for j in valid
-        ] + [[]] * (H - n)
+        exp_tokens = [((table[e_mask[j]] if prefix else []) + e_tokens[j])[: MAX_LENGTH - 2] for j in valid] + [[]] * (
+            H - n
+        )
         got = log.iloc[i]
         assert [list(x) for x in got["hist_tokens"]] == exp_tokens, f"row {i}"
         assert list(got["hist_engagement"]) == [int(e_mask[j]) for j in valid] + [0] * (H - n)

@@ -17,10 +17,10 @@ import yaml
 
 import tests.helpers.train as h
 from microparade.compute.backends import BackendError, dist_env, first_host, make_backend
-from microparade.model.loader import ChunkLoader, LoaderState
-from microparade.metrics import compute_metrics
-from microparade.recsys_format import TARGETS
 from microparade.engine import run_pipeline
+from microparade.metrics import compute_metrics
+from microparade.model.loader import ChunkLoader, LoaderState
+from microparade.recsys_format import TARGETS
 
 #: Small, fast, deterministic training (tiny encoder, one thread).
 TRAIN = {
@@ -86,8 +86,17 @@ def test_train_outputs_and_determinism(tmp_path, stages):
     assert [r["step"] for r in records] == list(range(2, 27, 2))
     assert records[-1]["examples"] == 196 and records[-1]["epoch"] == 1
     assert set(records[0]) == {
-        "step", "epoch", "examples", "loss", "loss_like", "loss_retweet", "loss_reply", "loss_quote",
-        "lr", "examples_per_s", "data_efficiency",
+        "step",
+        "epoch",
+        "examples",
+        "loss",
+        "loss_like",
+        "loss_retweet",
+        "loss_reply",
+        "loss_quote",
+        "lr",
+        "examples_per_s",
+        "data_efficiency",
     }
     for r in records:
         assert r["loss"] == pytest.approx(np.mean([r[f"loss_{t}"] for t in TARGETS]))
@@ -187,7 +196,11 @@ def test_sigusr2_checkpoint_and_exact_resume(tmp_path, stages):
     t_interrupted = time.time() - t0
 
     done = subprocess.run(
-        h.cli_command(str(cfg_path), "--only", "train"), capture_output=True, text=True, env=h.subprocess_env(), timeout=300
+        h.cli_command(str(cfg_path), "--only", "train"),
+        capture_output=True,
+        text=True,
+        env=h.subprocess_env(),
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"resumed from checkpoint ckpt-{stopped_at:09d}.pt" in done.stderr
@@ -291,7 +304,14 @@ def test_evaluate_predictions_and_metrics(tmp_path, stages):
 def test_dist_env_from_torchrun_and_slurm():
     assert dist_env({}).world_size == 1
     e = dist_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
-    assert (e.rank, e.world_size, e.local_rank, e.master_addr, e.master_port, e.source) == (3, 8, 1, "n1", 1234, "torchrun")
+    assert (e.rank, e.world_size, e.local_rank, e.master_addr, e.master_port, e.source) == (
+        3,
+        8,
+        1,
+        "n1",
+        1234,
+        "torchrun",
+    )
     slurm = {
         "SLURM_PROCID": "5",
         "SLURM_NTASKS": "8",
@@ -302,7 +322,14 @@ def test_dist_env_from_torchrun_and_slurm():
         "SLURM_JOB_ID": "123456",
     }
     e = dist_env(slurm)
-    assert (e.rank, e.world_size, e.local_rank, e.master_addr, e.master_port, e.source) == (5, 8, 1, "gpu07", 20000 + 123456 % 20000, "slurm")
+    assert (e.rank, e.world_size, e.local_rank, e.master_addr, e.master_port, e.source) == (
+        5,
+        8,
+        1,
+        "gpu07",
+        20000 + 123456 % 20000,
+        "slurm",
+    )
     # the batch script of a multi-task job is one process, not rank 0 of N
     batch = {k: v for k, v in slurm.items() if k not in ("SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS")}
     batch["SLURM_PROCID"] = "0"
@@ -334,9 +361,24 @@ def test_ddp_on_cpu_with_torchrun(tmp_path, stages):
     )
     env = h.subprocess_env()
     proc = subprocess.run(
-        [h.PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-         str(script), "run", str(cfg_path), "--only", "train"],
-        capture_output=True, text=True, env=env, timeout=400,
+        [
+            h.PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            str(script),
+            "run",
+            str(cfg_path),
+            "--only",
+            "train",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     extra = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]

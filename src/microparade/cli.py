@@ -19,8 +19,11 @@ from collections.abc import Callable
 from .entry import EXIT_OK, add_config_args, guarded, load_args_config, setup_logging
 from .slurm.commands import add_commands as add_slurm_commands
 
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="microparade", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="microparade", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -63,7 +66,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, until=args.until, force=args.force)
     ran = [k for k, v in outcome.items() if v == "ran"]
     skipped = [k for k, v in outcome.items() if v == "skipped"]
-    print(f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} (run_dir {cfg.run_dir})")
+    print(
+        f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} "
+        f"(run_dir {cfg.run_dir})"
+    )
     return EXIT_OK
 
 
@@ -119,7 +125,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "status": cmd_status, "config": cmd_config, "generate": cmd_generate}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "config": cmd_config,
+    "generate": cmd_generate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

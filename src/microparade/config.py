@@ -21,6 +21,10 @@ SPLITS = ("train", "valid", "test")
 Split = Literal["train", "valid", "test"]
 
 
+def _splits(*names: Split) -> list[Split]:
+    return list(names)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -129,7 +133,8 @@ class JobqueueConfig(Section):
 class ClusterConfig(Section):
     """Where the Dask stages (ingest, text, features, chunks) compute."""
 
-    #: ``local`` (LocalCluster), ``jobqueue`` (workers as Slurm jobs) or ``scheduler_file`` (attach to workers started in this allocation).
+    #: ``local`` (LocalCluster), ``jobqueue`` (workers as Slurm jobs) or ``scheduler_file`` (attach to
+    #: workers started in this allocation).
     kind: Literal["local", "jobqueue", "scheduler_file"] = "local"
     #: Local cluster: worker processes.
     n_workers: int = Field(2, ge=1)
@@ -191,7 +196,7 @@ class HistoryConfig(Section):
     #: Prefix each history tweet with its engagement types (the paper's ablation).
     prefix: bool = False
     #: Splits whose engagements fill histories.
-    sources: list[Split] = Field(default_factory=lambda: ["train", "valid"])
+    sources: list[Split] = Field(default_factory=lambda: _splits("train", "valid"))
 
 
 class TextConfig(Section):
@@ -248,7 +253,8 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     #: ``cpu``, ``cuda`` (DDP from torchrun or Slurm variables) or ``xla`` (not in this version).
     backend: Literal["cpu", "cuda", "xla"] = "cpu"
-    #: ``efficient``: only valid pairs, length-bucketed under a token budget; ``naive``: every slot padded to the longest possible pair, 2 × ``text.max_length`` (the paper's way).
+    #: ``efficient``: only valid pairs, length-bucketed under a token budget; ``naive``: every slot
+    #: padded to the longest possible pair, 2 × ``text.max_length`` (the paper's way).
     encoding: Literal["efficient", "naive"] = "efficient"
     #: Optimizer.
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -283,7 +289,7 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     #: Splits to predict (metrics only where labels exist).
-    splits: list[Split] = Field(default_factory=lambda: ["valid", "test"])
+    splits: list[Split] = Field(default_factory=lambda: _splits("valid", "test"))
     #: Examples per inference batch.
     batch_size: int = Field(64, ge=1)
     #: Device for inference (one process): ``cpu`` or ``cuda`` (the first visible GPU).
@@ -420,9 +426,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 child = {}
                 node[part] = child
             elif not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {item!r}: {'.'.join(path[: i + 1])} is a value, not a section"
-                )
+                raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is a value, not a section")
             node = child
         node[path[-1]] = value
     return data

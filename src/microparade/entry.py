@@ -15,7 +15,16 @@ import sys
 from collections.abc import Callable
 
 from .config import Config, load_config
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, ConfigError, LaunchError, PreemptedError, StageError
+from .errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    ConfigError,
+    LaunchError,
+    PreemptedError,
+    StageError,
+)
 
 __all__ = [
     "EXIT_FAILED",

@@ -107,7 +107,9 @@ def _mean_defined(values: Sequence[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def _check_inputs(labels: np.ndarray, preds: np.ndarray, a_follower_count: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_inputs(
+    labels: np.ndarray, preds: np.ndarray, a_follower_count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     preds = np.asarray(preds, dtype=np.float64)
     afc = np.asarray(a_follower_count)

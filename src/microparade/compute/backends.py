@@ -239,7 +239,9 @@ def make_backend(name: str, environ: Mapping[str, str] | None = None) -> Backend
         return Backend("cpu", env, torch.device("cpu"), "gloo")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise BackendError("train.backend=cuda but torch sees no CUDA device (is this a GPU node with a CUDA build of torch?)")
+            raise BackendError(
+                "train.backend=cuda but torch sees no CUDA device (is this a GPU node with a CUDA build of torch?)"
+            )
         n = torch.cuda.device_count()
         if env.local_rank >= n:
             raise BackendError(f"local rank {env.local_rank} has no GPU: this node has {n}; launch one process per GPU")
@@ -248,7 +250,5 @@ def make_backend(name: str, environ: Mapping[str, str] | None = None) -> Backend
         torch.cuda.set_device(env.local_rank)
         return Backend("cuda", env, torch.device("cuda", env.local_rank), "nccl")
     if name == "xla":
-        raise BackendError(
-            "train.backend=xla is not in this version of microparade; use 'cpu' or 'cuda'"
-        )
+        raise BackendError("train.backend=xla is not in this version of microparade; use 'cpu' or 'cuda'")
     raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")

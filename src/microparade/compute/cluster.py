@@ -9,16 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..storage import protocol_of
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 log = logging.getLogger("microparade")
 
 
-def _wait_workers(client, n: int, timeout: float, what: str) -> None:
+def _wait_workers(client: Client, n: int, timeout: float, what: str) -> None:
     try:
         client.wait_for_workers(n_workers=n, timeout=timeout)
     except TimeoutError as exc:
@@ -34,17 +38,17 @@ def expected_workers(cfg: Config) -> int:
     return max(cfg.cluster.min_workers, int(started) if started.isdigit() else 0)
 
 
-def describe_workers(client) -> str:
+def describe_workers(client: Client) -> str:
     """``"2 worker(s): node1, node2"`` — worker names (the Slurm node for dask-cluster.sh workers)."""
     workers = client.scheduler_info().get("workers", {}).values()
     names = sorted(str(w.get("name", w.get("id", "?"))) for w in workers)
     return f"{len(names)} worker(s): {', '.join(names)}"
 
 
-def jobqueue_kwargs(cfg: Config) -> dict:
+def jobqueue_kwargs(cfg: Config) -> dict[str, Any]:
     """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from ``cluster.jobqueue``."""
     jq = cfg.cluster.jobqueue
-    kw: dict = {
+    kw: dict[str, Any] = {
         "cores": jq.cores,
         "processes": jq.processes,
         "memory": jq.memory,
@@ -63,79 +67,95 @@ def jobqueue_kwargs(cfg: Config) -> dict:
     return kw
 
 
-@contextmanager
-def dask_client(cfg: Config) -> Iterator:
+def _local(cfg: Config) -> Iterator[Client]:
+    from distributed import Client, LocalCluster
+
+    c = cfg.cluster
+    processes = c.processes and protocol_of(cfg.run_dir) != "memory"
+    if c.processes and not processes:
+        log.info("cluster: memory:// run_dir -> Dask workers run as threads in this process")
+    cluster = LocalCluster(
+        n_workers=c.n_workers,
+        threads_per_worker=c.threads_per_worker,
+        memory_limit=c.memory_limit,
+        processes=processes,
+        dashboard_address=":0",
+        scheduler_kwargs=None if c.dashboard else {"dashboard": False},
+        protocol="ucx" if c.protocol == "ucx" else None,
+    )
+    client = Client(cluster)
+    try:
+        log.info(
+            "cluster: local, %d worker(s) x %d thread(s), %s each; dashboard %s",
+            c.n_workers,
+            c.threads_per_worker,
+            c.memory_limit,
+            client.dashboard_link if c.dashboard else "off",
+        )
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _scheduler_file(cfg: Config) -> Iterator[Client]:
+    from distributed import Client
+
+    path = cfg.cluster.scheduler_file or os.environ.get("MICROPARADE_SCHEDULER_FILE")
+    if not path:
+        raise ValueError("cluster.kind=scheduler_file needs cluster.scheduler_file (or $MICROPARADE_SCHEDULER_FILE)")
+    deadline = time.time() + 120
+    while not os.path.exists(path):
+        if time.time() > deadline:
+            raise TimeoutError(f"scheduler file {path} did not appear within 120s")
+        time.sleep(0.5)
+    client = Client(scheduler_file=path, timeout="60s")
+    try:
+        _wait_workers(client, expected_workers(cfg), 180, f"scheduler {path}")
+        log.info("cluster: scheduler_file %s, %s; dashboard %s", path, describe_workers(client), client.dashboard_link)
+        yield client
+    finally:
+        client.close()
+
+
+def _jobqueue(cfg: Config) -> Iterator[Client]:
+    from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     c = cfg.cluster
-    if c.kind == "local":
-        from distributed import LocalCluster
-
-        processes = c.processes and protocol_of(cfg.run_dir) != "memory"
-        if c.processes and not processes:
-            log.info("cluster: memory:// run_dir -> Dask workers run as threads in this process")
-        cluster = LocalCluster(
-            n_workers=c.n_workers,
-            threads_per_worker=c.threads_per_worker,
-            memory_limit=c.memory_limit,
-            processes=processes,
-            dashboard_address=":0",
-            scheduler_kwargs=None if c.dashboard else {"dashboard": False},
-            protocol="ucx" if c.protocol == "ucx" else None,
+    cluster = SLURMCluster(**jobqueue_kwargs(cfg))
+    cluster.scale(jobs=c.jobqueue.jobs)
+    client = Client(cluster)
+    try:
+        script = cluster.job_script()
+        log.info("cluster: dask-jobqueue SLURMCluster, %d job(s); job script:\n%s", c.jobqueue.jobs, script)
+        _wait_workers(client, max(c.min_workers, 1), c.jobqueue.wait_timeout_s, "SLURMCluster")
+        jobs = sorted(str(job.job_id) for job in cluster.workers.values() if getattr(job, "job_id", None))
+        log.info(
+            "cluster: %s in Slurm job(s) %s; dashboard %s",
+            describe_workers(client),
+            ", ".join(jobs) or "?",
+            client.dashboard_link,
         )
-        client = Client(cluster)
-        try:
-            log.info(
-                "cluster: local, %d worker(s) x %d thread(s), %s each; dashboard %s",
-                c.n_workers,
-                c.threads_per_worker,
-                c.memory_limit,
-                client.dashboard_link if c.dashboard else "off",
-            )
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-    elif c.kind == "scheduler_file":
-        path = c.scheduler_file or os.environ.get("MICROPARADE_SCHEDULER_FILE")
-        if not path:
-            raise ValueError("cluster.kind=scheduler_file needs cluster.scheduler_file (or $MICROPARADE_SCHEDULER_FILE)")
-        deadline = time.time() + 120
-        while not os.path.exists(path):
-            if time.time() > deadline:
-                raise TimeoutError(f"scheduler file {path} did not appear within 120s")
-            time.sleep(0.5)
-        client = Client(scheduler_file=path, timeout="60s")
-        try:
-            _wait_workers(client, expected_workers(cfg), 180, f"scheduler {path}")
-            log.info(
-                "cluster: scheduler_file %s, %s; dashboard %s",
-                path,
-                describe_workers(client),
-                client.dashboard_link,
-            )
-            yield client
-        finally:
-            client.close()
-    elif c.kind == "jobqueue":
-        from dask_jobqueue import SLURMCluster
+        yield client
+    finally:
+        client.close()
+        cluster.close()
 
-        cluster = SLURMCluster(**jobqueue_kwargs(cfg))
-        cluster.scale(jobs=c.jobqueue.jobs)
-        client = Client(cluster)
-        try:
-            log.info("cluster: dask-jobqueue SLURMCluster, %d job(s); job script:\n%s", c.jobqueue.jobs, cluster.job_script())
-            _wait_workers(client, max(c.min_workers, 1), c.jobqueue.wait_timeout_s, "SLURMCluster")
-            jobs = sorted(str(job.job_id) for job in cluster.workers.values() if getattr(job, "job_id", None))
-            log.info(
-                "cluster: %s in Slurm job(s) %s; dashboard %s",
-                describe_workers(client),
-                ", ".join(jobs) or "?",
-                client.dashboard_link,
-            )
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-    else:  # pragma: no cover - validated by the config
-        raise ValueError(f"unknown cluster.kind {c.kind!r}")
+
+#: One context manager per ``cluster.kind``.
+_KINDS: dict[str, Callable[[Config], Iterator[Client]]] = {
+    "local": _local,
+    "scheduler_file": _scheduler_file,
+    "jobqueue": _jobqueue,
+}
+
+
+@contextmanager
+def dask_client(cfg: Config) -> Iterator[Client]:
+    """A ``distributed.Client`` on the cluster ``cluster.kind`` names, closed (with the cluster it
+    started) on exit."""
+    kind = _KINDS.get(cfg.cluster.kind)
+    if kind is None:  # pragma: no cover - validated by the config
+        raise ValueError(f"unknown cluster.kind {cfg.cluster.kind!r}")
+    yield from kind(cfg)

@@ -68,9 +68,7 @@ class Manifest:
         return self.store.url(self.stage, rel)
 
     def file_urls(self, prefix: str = "", suffix: str = "") -> list[str]:
-        return [
-            self.url(f["path"]) for f in self.files if f["path"].startswith(prefix) and f["path"].endswith(suffix)
-        ]
+        return [self.url(f["path"]) for f in self.files if f["path"].startswith(prefix) and f["path"].endswith(suffix)]
 
 
 def read_manifest(store: Store, stage: str) -> Manifest | None:

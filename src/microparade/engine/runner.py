@@ -151,8 +151,14 @@ def _publish(ctx: StageContext, marker: dict[str, Any], fp_parts: dict[str, Any]
     if published is None:
         raise StageError(f"stage {name}: the manifest just written to {store.url(name, MANIFEST)} does not read back")
     shown_rows = f"{rows:,}" if rows is not None else "-"
-    log.info("[%s] done in %.1fs: %d file(s), %s rows, %s", name, finished - started, len(files), shown_rows,
-             format_bytes(manifest["bytes"]))
+    log.info(
+        "[%s] done in %.1fs: %d file(s), %s rows, %s",
+        name,
+        finished - started,
+        len(files),
+        shown_rows,
+        format_bytes(manifest["bytes"]),
+    )
     return published
 
 
@@ -216,7 +222,9 @@ def run_pipeline(
                     f"run without --only/--from (or with --from {missing[0]}) first"
                 )
             inputs = {i: m for i, m in ups.items() if m is not None}
-            stale_inputs = _stale_inputs(cfg, store, spec, inputs) if (only or from_stage) and spec.name == selected[0] else []
+            stale_inputs = (
+                _stale_inputs(cfg, store, spec, inputs) if (only or from_stage) and spec.name == selected[0] else []
+            )
             if stale_inputs:
                 raise StageError(
                     f"stage {spec.name}: input {', '.join(stale_inputs)} is stale (its config or code changed); "
@@ -247,5 +255,3 @@ def _stale_inputs(cfg: Config, store: Store, spec: StageSpec, inputs: dict[str, 
     """Inputs whose own fingerprint no longer matches the config (only checked for --only/--from)."""
     status = {s.name: s for s in compute_status(cfg, store, verify=None)}
     return [i for i in inputs if status.get(i) is not None and status[i].state != "done"]
-
-

@@ -89,9 +89,17 @@ def compute_status(cfg: Config, store: Store, verify: str | None = "size") -> li
                 if reason is not None:
                     st.state, st.reason = "stale", reason
         elif failed is not None:
-            st = StageStatus(spec.name, "failed", reason=str(failed.get("error", ""))[:200], marker=failed, expected=expected)
+            st = StageStatus(
+                spec.name, "failed", reason=str(failed.get("error", ""))[:200], marker=failed, expected=expected
+            )
         elif incomplete is not None:
-            st = StageStatus(spec.name, "incomplete", reason="started but never published (running or killed)", marker=incomplete, expected=expected)
+            st = StageStatus(
+                spec.name,
+                "incomplete",
+                reason="started but never published (running or killed)",
+                marker=incomplete,
+                expected=expected,
+            )
         else:
             st = StageStatus(spec.name, "missing", expected=expected)
         out.append(st)
@@ -141,4 +149,3 @@ def iter_status_rows(statuses: Iterable[StageStatus]) -> list[dict[str, Any]]:
         }
         for s in statuses
     ]
-

@@ -17,7 +17,7 @@ architecture from the stored config (:func:`encoder_from_config`) without the or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,9 +53,9 @@ def encoder_from_config(config: dict[str, Any]) -> nn.Module:
 
     cfg = dict(config)
     hf_config = AutoConfig.for_model(cfg.pop("model_type", "bert"), **cfg)
-    model_cls = MODEL_MAPPING[type(hf_config)]
+    model_cls: Any = MODEL_MAPPING[type(hf_config)]
     # The pooler is never used (the model takes the [CLS] hidden state); leave it out when possible.
-    params = inspect.signature(model_cls.__init__).parameters
+    params = inspect.signature(model_cls).parameters
     kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in params else {}
     return model_cls(hf_config, **kwargs)
 
@@ -78,7 +78,7 @@ def encoder_config(encoder: nn.Module) -> dict[str, Any]:
         "pad_token_id",
         "position_embedding_type",
     )
-    d = encoder.config.to_dict()
+    d = cast(Any, encoder).config.to_dict()
     return {k: d[k] for k in keys if k in d}
 
 
@@ -101,7 +101,9 @@ def _load_pretrained(directory: Path) -> nn.Module:
     if not cfg_path.exists():
         raise FileNotFoundError(f"encoder directory {directory} has no config.json")
     config = json.loads(cfg_path.read_text())
-    keep = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+    keep = {
+        k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")
+    }
     model = encoder_from_config(keep)
     weights = _read_weights(directory)
     own = model.state_dict()

@@ -242,7 +242,7 @@ class ChunkLoader:
                 carry, carry_pad = current.take(idx[o:]), is_pad[o:]
             del current  # at most two chunks alive: the one being loaded and the next current
             k += 1
-        if carry is not None and len(carry) and not self.drop_last:
+        if carry is not None and carry_pad is not None and len(carry) and not self.drop_last:
             yield Batch(carry, LoaderState(epoch, len(order), 0), carry_pad)
 
     @staticmethod

@@ -23,7 +23,7 @@ in buffers, so a saved ``state_dict`` carries it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -43,7 +43,9 @@ def _ff(in_dim: int, out_dim: int, dropout: float) -> list[nn.Module]:
 class Head(nn.Module):
     """compress FF (text models only) → concat normalised features → FF → ``n_out`` logits."""
 
-    def __init__(self, text_dim: int | None, n_features: int, compress_dim: int, hidden_dim: int, n_out: int, dropout: float):
+    def __init__(
+        self, text_dim: int | None, n_features: int, compress_dim: int, hidden_dim: int, n_out: int, dropout: float
+    ):
         super().__init__()
         self.compress = nn.Sequential(*_ff(text_dim, compress_dim, dropout)) if text_dim else None
         in_dim = (compress_dim if text_dim else 0) + n_features
@@ -58,6 +60,10 @@ class Head(nn.Module):
 
 class MicroParade(nn.Module):
     """The MicroParade model; ``forward(batch) -> (B, 4)`` logits in ``TARGETS`` order."""
+
+    #: Feature normalisation, registered as buffers (saved with the weights).
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
 
     def __init__(
         self,
@@ -93,7 +99,7 @@ class MicroParade(nn.Module):
         text_dim = None
         if encoder is not None:
             self.encoder = encoder
-            text_dim = int(encoder.config.hidden_size)
+            text_dim = int(cast(Any, encoder).config.hidden_size)
             if text_dim % agg_heads:
                 raise ValueError(f"model.agg_heads={agg_heads} must divide the encoder's hidden size {text_dim}")
             self.pass_token_types = int(getattr(encoder.config, "type_vocab_size", 1)) >= 2
@@ -149,11 +155,12 @@ class MicroParade(nn.Module):
         # One word-embedding lookup for all calls: its backward materialises a dense
         # (vocab x hidden) gradient, which per call would cost more than a small call itself.
         ids = [g.input_ids.reshape(-1) for g in batch.groups]
-        words = self.encoder.get_input_embeddings()(torch.cat(ids)) if ids else None
+        encoder: Any = self.encoder
+        words: Any = encoder.get_input_embeddings()(torch.cat(ids)) if ids else None
         start = 0
         for g in batch.groups:
             n = g.input_ids.numel()
-            hidden = self.encoder(
+            hidden = encoder(
                 inputs_embeds=words[start : start + n].view(*g.input_ids.shape, -1),
                 attention_mask=g.attention_mask,
                 token_type_ids=g.token_type_ids if self.pass_token_types else None,

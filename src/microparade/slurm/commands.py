@@ -16,7 +16,7 @@ from .resources import sbatch_args
 from .submit import cancel, submit
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the Slurm subcommands on the ``microparade`` parser."""
     p = sub.add_parser(
         "plan",

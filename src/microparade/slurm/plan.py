@@ -28,7 +28,9 @@ def pending_stages(cfg: Config, stages: list[str] | None = None) -> list[Pending
     """
     store = Store(cfg.run_dir, cfg.storage_options)
     statuses = {s.name: s for s in compute_status(cfg, store, verify="size")}
-    todo = [spec for spec in pipeline(cfg) if (not stages or spec.name in stages) and statuses[spec.name].state != "done"]
+    todo = [
+        spec for spec in pipeline(cfg) if (not stages or spec.name in stages) and statuses[spec.name].state != "done"
+    ]
     recorded = latest_jobs(store)
     queued = queued_jobs() if any(s.name in recorded for s in todo) else {}
     out = []

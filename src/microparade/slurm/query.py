@@ -42,7 +42,9 @@ def sacct_info(job_ids: list[str]) -> dict[str, dict[str, str]]:
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
-    out = slurm_query(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,Elapsed,Start,End,ExitCode,NodeList"])
+    out = slurm_query(
+        ["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,Elapsed,Start,End,ExitCode,NodeList"]
+    )
     info: dict[str, dict[str, str]] = {}
     for line in out.splitlines():
         parts = line.split("|")

@@ -132,7 +132,10 @@ def submitit_params(cfg: Config, stage: str | StageSpec) -> dict[str, Any]:
     site = site_script()
     if site is not None:
         setup.append(f"source {shlex.quote(str(site))}")
-    setup.append('if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"; fi')
+    setup.append(
+        'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then '
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"; fi'
+    )
     params["slurm_setup"] = setup
     return params
 

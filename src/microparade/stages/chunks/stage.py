@@ -160,8 +160,9 @@ def _first_mismatch(a: pa.Array, b: pa.Array) -> str:
     return f"row {i}: {x[i]} vs {y[i]}"
 
 
-def join_part(part: PartInput, schema: pa.Schema, feature_names: list[str], history_size: int,
-              storage_options: dict[str, Any]) -> pa.Table:
+def join_part(
+    part: PartInput, schema: pa.Schema, feature_names: list[str], history_size: int, storage_options: dict[str, Any]
+) -> pa.Table:
     """The §7 columns of one part (labels 0/1 from the timestamps), joined by position.
 
     Raises ``ValueError`` naming the file when the inputs are not row-aligned or malformed.
@@ -226,8 +227,17 @@ def _write_fragment(sink: IO[bytes], *, table: pa.Table, schema: pa.Schema, boun
     return np.asarray([start, *ends], dtype="<i8")
 
 
-def map_part(part: PartInput, *, schema: pa.Schema, feature_names: list[str], history_size: int, seed: int,
-             group_bits: int, sample_below: int, storage_options: dict[str, Any]) -> dict[str, Any]:
+def map_part(
+    part: PartInput,
+    *,
+    schema: pa.Schema,
+    feature_names: list[str],
+    history_size: int,
+    seed: int,
+    group_bits: int,
+    sample_below: int,
+    storage_options: dict[str, Any],
+) -> dict[str, Any]:
     """Map task: write one part's rows as a key-sorted fragment with one IPC batch per group.
 
     Returns ``rows``, ``positives`` (per target), ``counts`` (rows per group) and ``sample`` (the
@@ -283,8 +293,20 @@ def finalize(table: pa.Table, labels_known: bool) -> pa.Table:
     return table
 
 
-def write_chunk(parts: list[PartInput], g0: int, g1: int, lo: int, hi: int, out_url: str, *, schema: pa.Schema,
-                seed: int, labels_known: bool, opts: WriterOptions, storage_options: dict[str, Any]) -> dict[str, Any]:
+def write_chunk(
+    parts: list[PartInput],
+    g0: int,
+    g1: int,
+    lo: int,
+    hi: int,
+    out_url: str,
+    *,
+    schema: pa.Schema,
+    seed: int,
+    labels_known: bool,
+    opts: WriterOptions,
+    storage_options: dict[str, Any],
+) -> dict[str, Any]:
     """Reduce task: ranks ``[lo, hi)`` (counted from the first row of group ``g0``) of the
     key-sorted rows of groups ``g0..g1`` of all fragments, written as one chunk."""
     batches = [b for p in parts for b in _read_groups(p, g0, g1, schema, storage_options)]
@@ -409,7 +431,9 @@ def _split_parts(ctx: StageContext) -> dict[str, list[PartInput]]:
             if other is None:
                 raise ValueError(f"{name} has no {path}: it must mirror every ingest part (docs/data-format.md §5)")
             if other.get("rows") != f.get("rows"):
-                raise ValueError(f"{name} {path} has {other.get('rows')} rows, ingest has {f.get('rows')}: not row-aligned")
+                raise ValueError(
+                    f"{name} {path} has {other.get('rows')} rows, ingest has {f.get('rows')}: not row-aligned"
+                )
         stem = path.rsplit("/", 1)[1][: -len(".parquet")]
         out.setdefault(split, []).append(
             PartInput(
@@ -465,8 +489,15 @@ def _map_split(
     client = ctx.client()
     futures = [
         client.submit(
-            map_part, p, schema=schema, feature_names=meta["feature_names"], history_size=meta["history_size"],
-            seed=cfg.seed, group_bits=bits, sample_below=sample_below, storage_options=ctx.store.storage_options,
+            map_part,
+            p,
+            schema=schema,
+            feature_names=meta["feature_names"],
+            history_size=meta["history_size"],
+            seed=cfg.seed,
+            group_bits=bits,
+            sample_below=sample_below,
+            storage_options=ctx.store.storage_options,
             pure=False,
         )
         for p in parts
@@ -483,8 +514,9 @@ def _map_split(
     return _SplitMap(rows, positives, counts, pa.concat_tables([r["sample"] for r in results]))
 
 
-def _first_rows_per_chunk(ctx: StageContext, split: str, mapped: _SplitMap, labels_known: bool,
-                          opts: WriterOptions) -> int:
+def _first_rows_per_chunk(
+    ctx: StageContext, split: str, mapped: _SplitMap, labels_known: bool, opts: WriterOptions
+) -> int:
     """Rows per chunk from the size model of the split's sample, shuffled and finalised like a chunk."""
     cfg = ctx.cfg.chunks
     target = cfg.target_mb * MB
@@ -496,8 +528,14 @@ def _first_rows_per_chunk(ctx: StageContext, split: str, mapped: _SplitMap, labe
             f"{split}: chunks.target_mb={cfg.target_mb} is below the smallest chunk this data makes "
             f"(one row: ~{(a + b) / MB:.4f} MB of Parquet footer, schema and data); raise chunks.target_mb"
         )
-    ctx.log("%s: size model %.0f + %.1f bytes/row from %d sampled rows -> %d rows per chunk",
-            split, a, b, sample.num_rows, r)
+    ctx.log(
+        "%s: size model %.0f + %.1f bytes/row from %d sampled rows -> %d rows per chunk",
+        split,
+        a,
+        b,
+        sample.num_rows,
+        r,
+    )
     return r
 
 
@@ -518,13 +556,22 @@ def _next_rows_per_chunk(measured: list[tuple[int, float]], target: float) -> in
     return r_new
 
 
-def _write_chunks(ctx: StageContext, split: str, plans: list[ChunkPlan], write: Any, parts_on_workers: Any,
-                  attempt: int) -> list[dict[str, Any]]:
+def _write_chunks(
+    ctx: StageContext, split: str, plans: list[ChunkPlan], write: Any, parts_on_workers: Any, attempt: int
+) -> list[dict[str, Any]]:
     """Run one reduce task per planned chunk (``write``: :func:`write_chunk` with its settings)."""
     client = ctx.client()
     futures = [
-        client.submit(write, parts_on_workers, p.g0, p.g1, p.lo, p.hi,
-                      ctx.out_url(f"{split}/chunk-{p.index:05d}.parquet"), pure=False)
+        client.submit(
+            write,
+            parts_on_workers,
+            p.g0,
+            p.g1,
+            p.lo,
+            p.hi,
+            ctx.out_url(f"{split}/chunk-{p.index:05d}.parquet"),
+            pure=False,
+        )
         for p in plans
     ]
     written = gather_in_order(futures, f"{split} chunks (attempt {attempt})", ctx.log)
@@ -552,8 +599,14 @@ def _chunk_split(
 
     # Every reduce task reads every part's fragment: ship the list to each worker once.
     [parts_on_workers] = ctx.client().scatter([parts], hash=False)
-    write = functools.partial(write_chunk, schema=schema, seed=cfg.seed, labels_known=labels_known, opts=opts,
-                              storage_options=ctx.store.storage_options)
+    write = functools.partial(
+        write_chunk,
+        schema=schema,
+        seed=cfg.seed,
+        labels_known=labels_known,
+        opts=opts,
+        storage_options=ctx.store.storage_options,
+    )
     measured: list[tuple[int, float]] = []
     for attempt in range(1, MAX_CUT_ATTEMPTS + 1):
         plans = plan_chunks(mapped.counts, r)
@@ -571,8 +624,13 @@ def _chunk_split(
                 f"with {r} rows per chunk (sizes {sizes} MB); rows vary too much in size for chunks this "
                 f"small: raise chunks.target_mb"
             )
-        ctx.log("%s: %d chunk(s) outside the size band (%s MB); re-cutting at %d rows per chunk",
-                split, len(bad), sizes, r_new)
+        ctx.log(
+            "%s: %d chunk(s) outside the size band (%s MB); re-cutting at %d rows per chunk",
+            split,
+            len(bad),
+            sizes,
+            r_new,
+        )
         for p in plans:
             ctx.store.rm_file(f"{ctx.staging_rel}/{split}/chunk-{p.index:05d}.parquet")
         r = r_new
@@ -614,8 +672,14 @@ def run(ctx: StageContext) -> None:
             "chunk_mb": _size_summary(sizes[:-1]),
             "last_chunk_mb": round(sizes[-1] / MB, 4) if sizes else None,
         }
-        ctx.log("%s: %d rows -> %d chunk(s), %s MB (last %s MB)", split, n, len(sizes),
-                splits_extra[split]["chunk_mb"], splits_extra[split]["last_chunk_mb"])
+        ctx.log(
+            "%s: %d rows -> %d chunk(s), %s MB (last %s MB)",
+            split,
+            n,
+            len(sizes),
+            splits_extra[split]["chunk_mb"],
+            splits_extra[split]["last_chunk_mb"],
+        )
         ctx.store.rm(f"{ctx.work_rel}/shuffle/{split}")
     ctx.extra.update(
         chunks_extra(meta, splits_extra, ctx.file_meta, ctx.store.url(ctx.name)),

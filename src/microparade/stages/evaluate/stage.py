@@ -57,7 +57,7 @@ def predict_split(
     specials = SpecialTokens.from_mapping(bundle["special_tokens"], "the model's special_tokens")
     use_text = bundle["encoder_config"] is not None
     keys = ("row_id", "tweet_id", "b_user_id", "a_follower_count", "labels", "probs")
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    cols: dict[str, list[Any]] = {k: [] for k in keys}
     done = 0
     total = loader.examples_per_epoch()
     next_log = 0

@@ -44,7 +44,7 @@ def to_backend(table: pa.Table, backend: str):
     """An Arrow table as a DataFrame of ``backend`` (``pandas`` or ``cudf``)."""
     if backend == "cudf":
         try:
-            import cudf  # type: ignore[import-not-found]
+            import cudf
         except ImportError as exc:  # pragma: no cover - GPU installs only
             raise RuntimeError("the cuDF backend (cluster.gpu) needs cudf: install microparade[gpu]") from exc
         return cudf.DataFrame.from_arrow(table)
@@ -207,8 +207,8 @@ def fit_target_encoding(
         partial = partial.repartition(npartitions=1)
     else:
         partial = partial.shuffle(on=cols, npartitions=split_out)
-    args = (cols, labels, fold_col)
-    return partial.map_partitions(_final_stats, *args, meta=_final_stats(partial._meta, *args))
+    final_args = (cols, labels, fold_col)
+    return partial.map_partitions(_final_stats, *final_args, meta=_final_stats(partial._meta, *final_args))
 
 
 def fold_means(table, labels: Sequence[str], *, fold_col: str = "fold") -> dict[int, dict[str, float]]:

@@ -168,8 +168,20 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "row_id": ("row_id",),
     "media": ("present_media",),
     "domains": ("present_domains",),
-    **{c: (c,) for c in ("tweet_type", "language", "a_user_id", "b_user_id", "b_follows_a", "a_is_verified",
-                         "tweet_timestamp", "b_follower_count", "b_following_count")},
+    **{
+        c: (c,)
+        for c in (
+            "tweet_type",
+            "language",
+            "a_user_id",
+            "b_user_id",
+            "b_follows_a",
+            "a_is_verified",
+            "tweet_timestamp",
+            "b_follower_count",
+            "b_following_count",
+        )
+    },
     **{t: (TARGET_TIMESTAMP[t],) for t in TARGETS},
 }
 
@@ -215,8 +227,15 @@ def _read_frame(item: tuple[int, str, str], *, columns: tuple[str, ...], backend
     return ops.to_backend(_derive(table, columns, file_no, split), backend)
 
 
-def _frame(parts: list[IngestPart], columns: tuple[str, ...], *, file_nos: list[int], backend: str,
-           storage_options: dict[str, Any], schema: pa.Schema):
+def _frame(
+    parts: list[IngestPart],
+    columns: tuple[str, ...],
+    *,
+    file_nos: list[int],
+    backend: str,
+    storage_options: dict[str, Any],
+    schema: pa.Schema,
+):
     """A Dask DataFrame with one partition per part, in order (partition i = ``parts[i]``)."""
     import dask.dataframe as dd
 
@@ -228,9 +247,24 @@ def _frame(parts: list[IngestPart], columns: tuple[str, ...], *, file_nos: list[
 
 # -- row-local features ----------------------------------------------------------------------
 #: Ingest columns the row-local features (and the alignment check) read.
-_LOCAL_INPUT = ["row_id", "tweet_timestamp", "hashtags", "present_domains", "present_links", "present_media",
-                "text_tokens", "a_follower_count", "a_following_count", "b_follower_count", "b_following_count",
-                "a_account_creation", "b_account_creation", "a_is_verified", "b_is_verified", "b_follows_a"]
+_LOCAL_INPUT = [
+    "row_id",
+    "tweet_timestamp",
+    "hashtags",
+    "present_domains",
+    "present_links",
+    "present_media",
+    "text_tokens",
+    "a_follower_count",
+    "a_following_count",
+    "b_follower_count",
+    "b_following_count",
+    "a_account_creation",
+    "b_account_creation",
+    "a_is_verified",
+    "b_is_verified",
+    "b_follows_a",
+]
 
 
 def local_features(t: pa.Table) -> dict[str, np.ndarray]:
@@ -244,8 +278,13 @@ def local_features(t: pa.Table) -> dict[str, np.ndarray]:
         # 1970-01-01 was a Thursday: Monday = 0 … Sunday = 6.
         "tweet_dayofweek": (days + 3) % 7,
     }
-    for name, col in (("n_hashtags", "hashtags"), ("n_domains", "present_domains"), ("n_links", "present_links"),
-                      ("n_media", "present_media"), ("n_text_tokens", "text_tokens")):
+    for name, col in (
+        ("n_hashtags", "hashtags"),
+        ("n_domains", "present_domains"),
+        ("n_links", "present_links"),
+        ("n_media", "present_media"),
+        ("n_text_tokens", "text_tokens"),
+    ):
         out[name] = pc.fill_null(pc.list_value_length(t.column(col).combine_chunks()), 0).to_numpy()
     for c in ("a_follower_count", "a_following_count", "b_follower_count", "b_following_count"):
         out[f"{c}_log1p"] = np.log1p(np.maximum(_int(t, c), 0).astype(np.float64))
@@ -346,8 +385,14 @@ class _Statistics:
 def _fit(client, fit, log: Callable[[str], None]) -> _Statistics:
     """Fit: integer label statistics per key and fold on the training rows, kept on the cluster."""
     tables = [
-        ops.fit_target_encoding(fit, key, TARGETS, fit_col=FIT_COL, fold_col=FOLD_COL,
-                                split_out=fit.npartitions if key in HIGH_CARDINALITY else 1)
+        ops.fit_target_encoding(
+            fit,
+            key,
+            TARGETS,
+            fit_col=FIT_COL,
+            fold_col=FOLD_COL,
+            split_out=fit.npartitions if key in HIGH_CARDINALITY else 1,
+        )
         for key in TE_KEYS
     ]
     t0 = time.time()
@@ -358,13 +403,21 @@ def _fit(client, fit, log: Callable[[str], None]) -> _Statistics:
     counts = [(t[FOLD_COL] == -1).sum() for t in tables] + [t[FOLD_COL].size for t in tables]
     sizes = client.gather(client.compute(counts))
     categories = {ops.key_name(k): int(v) for k, v in zip(TE_KEYS, sizes)}
-    table_rows = dict(zip(TE_KEYS, (int(v) for v in sizes[len(TE_KEYS):])))
+    table_rows = dict(zip(TE_KEYS, (int(v) for v in sizes[len(TE_KEYS) :])))
     log(f"statistics fitted in {time.time() - t0:.1f}s; global means {priors[-1]}; categories {categories}")
     return _Statistics(tables, priors, categories, table_rows)
 
 
-def _encoding_branches(client, stats: _Statistics, frame, with_folds, n: int, cfg: FeaturesConfig,
-                       broadcast_max_rows: int, log: Callable[[str], None]) -> list[tuple[str, tuple[str, ...], Any]]:
+def _encoding_branches(
+    client,
+    stats: _Statistics,
+    frame,
+    with_folds,
+    n: int,
+    cfg: FeaturesConfig,
+    broadcast_max_rows: int,
+    log: Callable[[str], None],
+) -> list[tuple[str, tuple[str, ...], Any]]:
     """Transform: the categorical features of every row, as branches with one partition per part.
 
     Each key's encodings (with its count, and its Categorify code where kept) are evaluated once
@@ -383,8 +436,16 @@ def _encoding_branches(client, stats: _Statistics, frame, with_folds, n: int, cf
             cats = ops.fit_categories(table[table[FOLD_COL] == -1][col])
             table = ops.apply_categories(table, cats, col, out=f"{col}_code")
             carry.append(f"{col}_code")
-        enc = ops.target_encodings(table, key, labels, priors=stats.priors, smoothing=cfg.te_smoothing,
-                                   fold_col=FOLD_COL, count_out=count_name(key) if len(key) == 1 else None, carry=carry)
+        enc = ops.target_encodings(
+            table,
+            key,
+            labels,
+            priors=stats.priors,
+            smoothing=cfg.te_smoothing,
+            fold_col=FOLD_COL,
+            count_out=count_name(key) if len(key) == 1 else None,
+            carry=carry,
+        )
         encodings.append(enc.repartition(npartitions=1) if broadcast[key] else enc)
     encodings = client.persist(encodings)
 
@@ -411,8 +472,9 @@ def _encoding_branches(client, stats: _Statistics, frame, with_folds, n: int, cf
 def _lag_branch(frame, n: int) -> tuple[str, tuple[str, ...], Any]:
     """Difference lags over all splits, per reader, in time order; one partition per part."""
     lag = frame(("file_no", "split_code", "row_id", LAG_BY, "tweet_timestamp", *LAG_DIFF, *LAG_CHANGED))
-    lag = ops.difference_lag(lag, by=LAG_BY, order=LAG_ORDER, diff_cols=LAG_DIFF, changed_cols=LAG_CHANGED,
-                             shifts=LAG_SHIFTS)
+    lag = ops.difference_lag(
+        lag, by=LAG_BY, order=LAG_ORDER, diff_cols=LAG_DIFF, changed_cols=LAG_CHANGED, shifts=LAG_SHIFTS
+    )
     names = tuple(lag_features())
     return "difference-lag", names, _by_part(lag[["file_no", "row_id", *names]], n)
 
@@ -439,8 +501,6 @@ def build_features(
     "extra": {manifest extra}}``. ``broadcast_max_rows`` picks the join strategy of each
     statistics table (see :data:`BROADCAST_MAX_ROWS`); it does not change the output.
     """
-    import dask
-
     storage_options = dict(storage_options or {})
     train = [i for i, p in enumerate(parts) if p.split == "train"]
     if not train:
@@ -450,8 +510,14 @@ def build_features(
 
     def frame(columns: tuple[str, ...], subset: list[int] | None = None):
         idx = list(range(n)) if subset is None else subset
-        return _frame([parts[i] for i in idx], columns, file_nos=idx, backend=backend,
-                      storage_options=storage_options, schema=schema)
+        return _frame(
+            [parts[i] for i in idx],
+            columns,
+            file_nos=idx,
+            backend=backend,
+            storage_options=storage_options,
+            schema=schema,
+        )
 
     def with_folds(ddf):
         return ops.assign_folds(ddf, key="row_id", fit_col=FIT_COL, k=cfg.te_folds, seed=cfg.seed, out=FOLD_COL)
@@ -466,22 +532,10 @@ def build_features(
         if ddf.npartitions != n:  # pragma: no cover - guards the partition-per-part invariant
             raise RuntimeError(f"the {what} branch has {ddf.npartitions} partitions for {n} parts")
 
-    # One writer task per ingest part, fed the part's partition of every branch.
-    write = dask.delayed(_write_part, pure=True)
-    specs = tuple((what, names) for what, names, _ in branches)
-    per_branch = [ddf.to_delayed() for _, _, ddf in branches]
-    tasks = [
-        write(
-            _WriteTask(p, join(out_url, p.path), storage_options, specs, p.split == "train"),
-            *(d[i] for d in per_branch),
-        )
-        for i, p in enumerate(parts)
-    ]
     t0 = time.time()
     log(f"computing {len(feature_names())} features and writing {n} part(s)")
-    results = gather_in_order(client.compute(tasks), "parts written", log)
+    results = _write_parts(client, parts, branches, out_url, storage_options, log)
     elapsed = time.time() - t0
-
     mean, std = combine_moments([r.pop("moments") for r in results if "moments" in r])
     rows = {s: sum(r["rows"] for r in results if r["split"] == s) for s in SPLITS if any(p.split == s for p in parts)}
     names = feature_names()
@@ -498,6 +552,30 @@ def build_features(
     }
     log(f"wrote {n} part(s), {sum(rows.values()):,} rows x {len(names)} features in {elapsed:.1f}s")
     return {"files": results, "extra": extra}
+
+
+def _write_parts(
+    client: Any,
+    parts: list[IngestPart],
+    branches: list[tuple[str, tuple[str, ...], Any]],
+    out_url: str,
+    storage_options: dict[str, Any],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """One writer task per ingest part, fed the part's partition of every branch; results in part order."""
+    import dask
+
+    write = dask.delayed(_write_part, pure=True)
+    specs = tuple((what, names) for what, names, _ in branches)
+    per_branch = [ddf.to_delayed() for _, _, ddf in branches]
+    tasks = [
+        write(
+            _WriteTask(p, join(out_url, p.path), storage_options, specs, p.split == "train"),
+            *(d[i] for d in per_branch),
+        )
+        for i, p in enumerate(parts)
+    ]
+    return gather_in_order(client.compute(tasks), "parts written", log)
 
 
 def _read_schema(url: str, storage_options: dict[str, Any]) -> pa.Schema:

@@ -345,7 +345,11 @@ def _write_splits(
             chunk = order[start : start + rows_per_file]
             name = f"part-{number:05d}{suffix}"
             render = functools.partial(
-                _render, imp=imp, tweet_fields=tweet_fields, user_fields=user_fields, labels=labels,
+                _render,
+                imp=imp,
+                tweet_fields=tweet_fields,
+                user_fields=user_fields,
+                labels=labels,
                 labeled=split != "test",
             )
             _write_output(join(out, split, name), chunk, render, compression, storage_options)

@@ -270,8 +270,9 @@ def _execute(ctx: StageContext, tasks: list[BlockTask]) -> list[dict[str, Any]]:
     )
 
 
-def _merge_quarantine(sink: IO[bytes], tasks: list[BlockTask], results: list[dict[str, Any]],
-                      row_group_size: int) -> int:
+def _merge_quarantine(
+    sink: IO[bytes], tasks: list[BlockTask], results: list[dict[str, Any]], row_group_size: int
+) -> int:
     """Write the blocks' bad lines to ``sink`` with 1-based line numbers (lines before a block in its
     file = prefix sum of earlier blocks' line counts); return how many."""
     rows = 0
@@ -330,14 +331,64 @@ def _first_bad(tasks: list[BlockTask], results: list[dict[str, Any]]) -> str:
     return "-"
 
 
-def run(ctx: StageContext) -> None:
-    cfg = ctx.cfg.ingest
+def _blocksize(text: str) -> int:
     try:
-        blocksize = int(parse_bytes(cfg.blocksize))
+        blocksize = int(parse_bytes(text))
     except (ValueError, TypeError) as exc:
-        raise IngestError(f"ingest.blocksize {cfg.blocksize!r} is not a size: {exc}") from None
+        raise IngestError(f"ingest.blocksize {text!r} is not a size: {exc}") from None
     if blocksize < 1024:
-        raise IngestError(f"ingest.blocksize {cfg.blocksize!r} is below 1 KiB")
+        raise IngestError(f"ingest.blocksize {text!r} is below 1 KiB")
+    return blocksize
+
+
+def _split_summary(
+    ctx: StageContext, split: str, urls: list[str], tasks: list[BlockTask], results: list[dict[str, Any]]
+) -> tuple[dict[str, Any], str | None]:
+    """One split's file metadata, counts and quarantine; returns its summary and, when too many
+    of its lines are malformed, the complaint."""
+    for t, r in zip(tasks, results):
+        ctx.file_meta[f"{split}/part-{t.part:05d}.parquet"] = {
+            "rows": r["rows_out"],
+            "bytes": r["bytes"],
+            "sha256": r["sha256"],
+            "split": split,
+            "source": t.url,
+        }
+    rows_in = sum(r["rows_in"] for r in results)
+    rows_out = sum(r["rows_out"] for r in results)
+    by_reason: dict[str, int] = {}
+    for r in results:
+        for k, n in r["reasons"].items():
+            by_reason[k] = by_reason.get(k, 0) + n
+    rows_bad = sum(by_reason.values())
+    assert rows_in == rows_out + rows_bad, f"{split}: rows_in {rows_in} != {rows_out} out + {rows_bad} quarantined"
+    if rows_bad:
+        written = _write_quarantine(ctx, split, tasks, results)
+        assert written == rows_bad, f"{split}: wrote {written} quarantined lines, counted {rows_bad}"
+    summary = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_quarantined": rows_bad,
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+        "blank_lines": sum(r["blank"] for r in results),
+        "parts": len(tasks),
+        "files": urls,
+    }
+    shown = (f"{rows_in:,}", f"{rows_out:,}", f"{rows_bad:,}", dict(sorted(by_reason.items())) or "")
+    ctx.log("%s: %s rows in, %s out, %s quarantined %s", split, *shown)
+    fraction = rows_bad / rows_in if rows_in else 0.0
+    limit = ctx.cfg.ingest.max_bad_fraction
+    if fraction <= limit:
+        return summary, None
+    return summary, (
+        f"split {split}: {rows_bad:,} of {rows_in:,} lines malformed ({fraction:.2%}) > "
+        f"ingest.max_bad_fraction={limit}; first: {_first_bad(tasks, results)}; "
+        f"all bad lines: {ctx.out_url(f'quarantine/{split}.parquet')}"
+    )
+
+
+def run(ctx: StageContext) -> None:
+    blocksize = _blocksize(ctx.cfg.ingest.blocksize)
     inputs = resolve_inputs(ctx)
     if not inputs:
         raise IngestError("no raw input files: set data.raw.{train,valid,test} or data.generate")
@@ -359,46 +410,9 @@ def run(ctx: StageContext) -> None:
     too_bad: list[str] = []
     for split, urls in inputs.items():
         idx = [i for i, t in enumerate(tasks) if t.split == split]
-        s_tasks, s_results = [tasks[i] for i in idx], [results[i] for i in idx]
-        for t, r in zip(s_tasks, s_results):
-            ctx.file_meta[f"{split}/part-{t.part:05d}.parquet"] = {
-                "rows": r["rows_out"],
-                "bytes": r["bytes"],
-                "sha256": r["sha256"],
-                "split": split,
-                "source": t.url,
-            }
-        rows_in = sum(r["rows_in"] for r in s_results)
-        rows_out = sum(r["rows_out"] for r in s_results)
-        by_reason: dict[str, int] = {}
-        for r in s_results:
-            for k, n in r["reasons"].items():
-                by_reason[k] = by_reason.get(k, 0) + n
-        rows_bad = sum(by_reason.values())
-        assert rows_in == rows_out + rows_bad, f"{split}: rows_in {rows_in} != {rows_out} out + {rows_bad} quarantined"
-        if rows_bad:
-            written = _write_quarantine(ctx, split, s_tasks, s_results)
-            assert written == rows_bad, f"{split}: wrote {written} quarantined lines, counted {rows_bad}"
-        splits[split] = {
-            "rows_in": rows_in,
-            "rows_out": rows_out,
-            "rows_quarantined": rows_bad,
-            "quarantined_by_reason": dict(sorted(by_reason.items())),
-            "blank_lines": sum(r["blank"] for r in s_results),
-            "parts": len(s_tasks),
-            "files": urls,
-        }
-        fraction = rows_bad / rows_in if rows_in else 0.0
-        ctx.log(
-            "%s: %s rows in, %s out, %s quarantined %s",
-            split, f"{rows_in:,}", f"{rows_out:,}", f"{rows_bad:,}", dict(sorted(by_reason.items())) or "",
-        )
-        if fraction > cfg.max_bad_fraction:
-            too_bad.append(
-                f"split {split}: {rows_bad:,} of {rows_in:,} lines malformed ({fraction:.2%}) > "
-                f"ingest.max_bad_fraction={cfg.max_bad_fraction}; first: {_first_bad(s_tasks, s_results)}; "
-                f"all bad lines: {ctx.out_url(f'quarantine/{split}.parquet')}"
-            )
+        splits[split], complaint = _split_summary(ctx, split, urls, [tasks[i] for i in idx], [results[i] for i in idx])
+        if complaint:
+            too_bad.append(complaint)
     total = sum(s["rows_in"] for s in splits.values())
     ctx.log("%s lines in %.1f s (%s lines/s)", f"{total:,}", elapsed, f"{total / max(elapsed, 1e-9):,.0f}")
     if too_bad:

@@ -371,9 +371,7 @@ def list_parts_of(ctx: StageContext) -> list[Part]:
     parts: list[Part] = []
     for split in SPLITS:
         rels = sorted(
-            f["path"]
-            for f in ingest.files
-            if f["path"].startswith(f"{split}/part-") and f["path"].endswith(".parquet")
+            f["path"] for f in ingest.files if f["path"].startswith(f"{split}/part-") and f["path"].endswith(".parquet")
         )
         for rel in rels:
             parts.append(
@@ -436,8 +434,9 @@ def _windows_and_assemble(ctx: StageContext, parts: list[Part], params: Params, 
     return summary
 
 
-def _record_files(ctx: StageContext, parts: list[Part], cleaned: list[dict[str, Any]], summary: pd.DataFrame,
-                  size: int) -> dict[str, Any]:
+def _record_files(
+    ctx: StageContext, parts: list[Part], cleaned: list[dict[str, Any]], summary: pd.DataFrame, size: int
+) -> dict[str, Any]:
     """Check every output's row count against ingest, record it in ``ctx.file_meta``; return the
     per-split manifest statistics (history-length histogram, rows, engagements)."""
     hist: dict[str, np.ndarray] = {}
@@ -467,7 +466,10 @@ def run(ctx: StageContext) -> None:
     params = _params(ctx)
     ctx.log(
         "%d part(s), source tokenizer %s, encoder tokenizer %s, cleaning by %s",
-        len(parts), params.source, params.encoder, params.method,
+        len(parts),
+        params.source,
+        params.encoder,
+        params.method,
     )
 
     # 1. clean (one task per part)

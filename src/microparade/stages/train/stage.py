@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_state(backend: Backend) -> dict[str, Any]:
     """This process's generator states as plain types and tensors (``weights_only`` loadable)."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state())
     return {
         "python": random.getstate(),
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
