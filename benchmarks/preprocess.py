@@ -3,7 +3,7 @@
 
 For each data size (generated rows; default 100k, 300k and 1M) the benchmark
 
-1. writes a synthetic dataset with :func:`microparade.generate.generate_dataset` (``users`` scales
+1. writes a synthetic dataset with :func:`microparade.stages.generate.synth.generate_dataset` (``users`` scales
    with ``rows``, so rows per user stay the same at every size);
 2. runs the real pipeline through the runner, ``run_pipeline(cfg, until="chunks")``, on the local
    Dask cluster of the config (default 2 workers x 1 thread, 4 GiB each), in a fresh run directory,
@@ -15,8 +15,8 @@ For each data size (generated rows; default 100k, 300k and 1M) the benchmark
    (engagements = rows of ``history.sources`` with a label timestamp, time = the earliest one;
    targets = every row) and selects the history windows (``history.window``, ``history.size``;
    default ``past``, H=10) twice in this process, on the same frames: with the vectorised
-   :func:`microparade.history.select_windows` (median of ``--repeat`` runs) and with
-   :func:`microparade.history.select_windows_python`, the original MicroParade approach (group by
+   :func:`microparade.stages.text.windows.select_windows` (median of ``--repeat`` runs) and with
+   :func:`microparade.stages.text.windows.select_windows_python`, the original MicroParade approach (group by
    user, a Python loop per row). The two results must be equal, element for element, or the
    benchmark fails: the ratio compares two computations of the same thing;
 5. runs the same selection the way the original code ran it, as a Dask
@@ -356,7 +356,7 @@ def history_frame(cfg: Config) -> pd.DataFrame:
 
 
 def split_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(engagements, targets) in the column layout of :mod:`microparade.history`."""
+    """(engagements, targets) in the column layout of :mod:`microparade.stages.text.windows`."""
     eng = df.loc[df["eng_mask"].to_numpy() > 0, ["user", "eng_time", "tweet", "split", "row_id"]]
     eng = eng.rename(columns={"eng_time": "time"}).reset_index(drop=True)
     return eng, df[["user", "time", "tweet", "split", "row_id"]]

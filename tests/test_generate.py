@@ -1,4 +1,4 @@
-"""Tests of the synthetic RecSys 2021 generator (:mod:`microparade.generate`)."""
+"""Tests of the synthetic RecSys 2021 generator (:mod:`microparade.stages.generate`)."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Every official metric of one prediction set, as a JSON-serialisable dict.
 
-    ``labels`` and ``preds`` are ``[N, 4]`` with columns in :data:`microparade.recsys.TARGETS`
+    ``labels`` and ``preds`` are ``[N, 4]`` with columns in :data:`microparade.recsys_format.TARGETS`
     order (like, retweet, reply, quote); ``a_follower_count`` is ``[N]``. Returns::
 
         {"ap": {"like", "retweet", "reply", "quote", "avg"}, "rce": {…}, "ap_fair": {…},

@@ -3,8 +3,10 @@
 A :class:`StageSpec` names a stage's inputs, the config sections in its fingerprint, the package
 that runs it, how it runs (on Dask, requeueing after a checkpoint, one task per GPU) and the
 default Slurm resources of its job. The sbatch scripts (``slurm/<stage>.sbatch``), ``plan`` and
-the submitit launcher all render from it. Adding a stage means adding a :class:`StageSpec` here
-and a package ``microparade.stages.<name>`` exposing ``run(ctx: StageContext) -> None``.
+the submitit launcher all render from it. Adding a stage means adding a :class:`StageSpec` here,
+a package ``microparade.stages.<name>`` exposing ``run(ctx: StageContext) -> None``, its
+``slurm.<name>`` resources section in ``config.py``, and ``python -m microparade.slurm.scripts``
+to render its sbatch script and jobs file (tests check all three agree).
 
 Stage packages are imported only when a stage runs, so ``microparade status`` stays light.
 """

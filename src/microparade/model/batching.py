@@ -91,7 +91,7 @@ class Examples:
 
     Ragged token lists are flat ``*_values`` plus ``*_offsets`` (``len + 1``); history slot ``h`` of
     example ``i`` is ragged row ``i * H + h``. ``labels`` is ``(N, 4)`` float32 in
-    :data:`microparade.recsys.TARGETS` order, NaN where unknown (test split). ``tweet_id`` /
+    :data:`microparade.recsys_format.TARGETS` order, NaN where unknown (test split). ``tweet_id`` /
     ``b_user_id`` are only loaded when asked for (predictions need them, training does not).
     """
 

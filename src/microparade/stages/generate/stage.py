@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from ...engine.context import StageContext
+from ...errors import StageError
 from .synth import generate_dataset
 
 
-def run(ctx) -> None:
+def run(ctx: StageContext) -> None:
     g = ctx.cfg.data.generate
+    if g is None:  # the registry enables the stage only with data.generate set
+        raise StageError("the generate stage needs data.generate in the config")
     tokenizer = g.tokenizer if g.tokenizer is not None else ctx.cfg.data.tokenizer
     summary = generate_dataset(
         ctx.out_url(),

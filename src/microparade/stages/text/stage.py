@@ -12,7 +12,7 @@ whatever the cluster):
    engagement bit mask and time (sources only), and write a scratch file under ``_work/``.
 2. **windows** — the small key columns (user, tweet, timestamps, mask; about 150 bytes a row, no
    tokens) of all parts are shuffled by user into ``ceil(rows / text.partition_rows)`` partitions;
-   in each, :func:`microparade.history.select_windows` picks every row's window (numpy, no loop
+   in each, :func:`microparade.stages.text.windows.select_windows` picks every row's window (numpy, no loop
    over rows) and emits one *reference* ``(target part, target row, slot) → (engagement part,
    engagement row)`` per valid slot.
 3. **gather** — references are range-partitioned by the engagement's part (one partition per part

@@ -24,7 +24,7 @@ wall times) vary between runs.
 Checkpoints (model, optimizer, scheduler, every rank's RNG states, the loader position, the metrics
 so far) are written every ``train.checkpoint_every`` steps and when SIGUSR2 or SIGTERM arrives (the
 handler only sets a flag; the checkpoint is taken at the next step boundary, then the stage raises
-:class:`~microparade.runner.PreemptedError` and the CLI exits 124 so a launcher can requeue).
+:class:`~microparade.errors.PreemptedError` and the CLI exits 124 so a launcher can requeue).
 They live under ``{run_dir}/train/_work/checkpoints/``, written atomically, the last two kept. On
 start the newest checkpoint whose fingerprint equals the stage's is restored and training goes on
 from the exact example where it stopped, giving the same result as an uninterrupted run.
