@@ -64,6 +64,12 @@ class Manifest:
     def extra(self) -> dict[str, Any]:
         return self.data.get("extra", {})
 
+    @property
+    def slurm_job_id(self) -> str | None:
+        """The Slurm job that published the stage, if it ran under Slurm."""
+        slurm = self.data.get("slurm")
+        return str(slurm["job_id"]) if slurm and slurm.get("job_id") else None
+
     def url(self, rel: str = "") -> str:
         return self.store.url(self.stage, rel)
 

@@ -147,12 +147,3 @@ def by_name(name: str) -> StageSpec:
         if s.name == name:
             return s
     raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
-
-
-def get(cfg: Config, name: str) -> StageSpec:
-    for s in pipeline(cfg):
-        if s.name == name:
-            return s
-    if name in STAGE_NAMES:
-        raise KeyError(f"stage {name!r} is not enabled by this config")
-    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")

@@ -61,10 +61,10 @@ class StageStatus:
 
     @property
     def slurm_job_id(self) -> str | None:
-        for src in (self.marker, self.manifest.data if self.manifest else None):
-            if src and src.get("slurm"):
-                return src["slurm"].get("job_id")
-        return None
+        """The Slurm job of the stage's marker (running, failed or killed), else of its manifest."""
+        if self.marker and self.marker.get("slurm"):
+            return self.marker["slurm"].get("job_id")
+        return self.manifest.slurm_job_id if self.manifest else None
 
 
 def compute_status(cfg: Config, store: Store, verify: str | None = "size") -> list[StageStatus]:

@@ -40,8 +40,7 @@ def files_by_split(m: Manifest, suffix: str = "") -> dict[str, list[dict[str, An
 
 def job_id(m: Manifest | None) -> str | None:
     """The Slurm job id a manifest records, if the stage ran under Slurm."""
-    slurm = m.data.get("slurm") if m is not None else None
-    return str(slurm["job_id"]) if slurm and slurm.get("job_id") else None
+    return m.slurm_job_id if m is not None else None
 
 
 def diff(a: float | None, b: float | None) -> float | None:
