@@ -13,7 +13,7 @@ import torch
 import tests.helpers.train as h
 from microparade.config import ModelConfig
 from microparade.model import build_model, encode_batch, load_model_bundle, model_bundle
-from microparade.model.batching import Examples, SpecialTokens, bucket_ladder
+from microparade.model.batching import Examples, ShapeBuckets, SpecialTokens, bucket_ladder
 from microparade.model.encoder import TINY_CONFIG, encoder_config, load_encoder
 from microparade.model.network import MicroParade
 from microparade.stages.chunks.contract import ChunksManifest
@@ -152,12 +152,35 @@ def test_buckets_token_budget_and_static_shapes():
         lengths = g.attention_mask.sum(1)
         assert (lengths <= length).all() and (lengths > length - 8).all()
     assert mb.valid_tokens / mb.encoded_tokens > 0.9
-    st = encode_batch(ex, specials=SPECIALS, max_length=64, token_budget=256, static_shapes=True)
-    for g in st.groups:
-        rows, length = g.input_ids.shape
-        assert rows == 256 // length  # padded to the bucket's capacity
-        assert g.attention_mask[g.n_real :, :2].eq(1).all() and g.attention_mask[g.n_real :, 2:].eq(0).all()
-    assert st.valid_tokens == mb.valid_tokens and st.encoded_tokens > mb.encoded_tokens
+
+
+def test_shape_buckets_give_one_call_of_a_fixed_grid():
+    """Static shapes: every batch is one encoder call whose shape comes from a fixed grid, with
+    filler rows pointing at the trash slot; over many batches only grid shapes appear."""
+    buckets = ShapeBuckets.make(batch_size=40, history_size=10, max_length=64, n_rows=4, n_lengths=4, multiple=3)
+    assert buckets.lengths == (32, 64, 96, 128)
+    assert buckets.rows == (141, 240, 342, 441) and all(r % 3 == 0 for r in buckets.rows) and len(buckets) == 16
+    seen = set()
+    for seed in range(6):
+        ex = _examples(40, history_size=10, seed=seed)
+        mb = encode_batch(ex, specials=SPECIALS, max_length=64, buckets=buckets)
+        assert len(mb.groups) == 1 and mb.shape is not None
+        g = mb.groups[0]
+        n_seq = 40 + int(ex.hist_mask.sum())
+        rows, length = mb.shape
+        assert tuple(g.input_ids.shape) == (rows, length) and rows in buckets.rows and length in buckets.lengths
+        assert (
+            g.n_real == n_seq
+            and rows >= n_seq
+            and (rows == buckets.rows[0] or buckets.rows[buckets.rows.index(rows) - 1] < n_seq)
+        )
+        assert g.slots.shape == (rows,) and g.slots[n_seq:].eq(40 * 11).all()  # filler -> trash slot
+        assert g.attention_mask[n_seq:, :2].eq(1).all() and g.attention_mask[n_seq:, 2:].eq(0).all()
+        assert mb.encoded_tokens == rows * length and mb.valid_tokens == int(g.attention_mask[:n_seq].sum())
+        seen.add(mb.shape)
+    assert seen <= {(r, n) for r in buckets.rows for n in buckets.lengths}
+    with pytest.raises(ValueError, match="exceed the largest shape bucket"):
+        buckets.pick(442, 10)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,9 +193,8 @@ def test_efficient_equals_naive_logits(heads):
     model = build_model(cfg, _chunks(5, 6), seed=0).eval()
     eff = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="efficient", token_budget=512)
     naive = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="naive")
-    static = encode_batch(
-        ex, specials=SPECIALS, max_length=64, encoding="efficient", token_budget=512, static_shapes=True
-    )
+    buckets = ShapeBuckets.make(batch_size=24, history_size=6, max_length=64, n_rows=3, n_lengths=2)
+    static = encode_batch(ex, specials=SPECIALS, max_length=64, encoding="efficient", buckets=buckets)
     assert len(eff.groups) > 3 and naive.encoded_tokens > 3 * eff.encoded_tokens
     with torch.no_grad():
         a, b, c = model(eff), model(naive), model(static)

@@ -7,17 +7,21 @@ and of ``[CLS] candidate [SEP] history_i [SEP]`` for every history slot. Two way
 - **naive** (the paper's): every slot of every example goes through the encoder, empty slots
   included, every sequence padded to the longest possible pair. With sparse histories (most users
   have 0–2 earlier engagements) most of the encoder's work is padding.
-- **efficient** (default): only the candidates and the *valid* pairs are encoded; empty slots get a
-  learned vector without an encoder pass. Sequences are grouped into length buckets taken from a
-  fixed ladder (multiples of :data:`BUCKET_STEP` up to ``2 * max_length``) and each bucket is cut
-  into encoder calls of at most ``token_budget`` tokens, so padding is at most one step per
-  sequence and the set of tensor shapes is small and fixed. ``static_shapes`` additionally pads
-  every call to the bucket's full row capacity (``token_budget // length``), which makes the shapes
-  independent of the data — what an XLA compiler wants.
+- **efficient** (default): only the candidates and the *valid* pairs are encoded; empty slots
+  get a learned vector without an encoder pass. Sequences are grouped into length buckets taken
+  from a fixed ladder (multiples of :data:`BUCKET_STEP` up to ``2 * max_length``) and each bucket is
+  cut into encoder calls of at most ``token_budget`` tokens, so padding is at most one step per
+  sequence and the set of tensor shapes is small.
+- **static shapes** (``buckets``: a :class:`ShapeBuckets`; what XLA needs, which compiles one
+  graph per distinct set of input shapes): the same valid sequences, packed into **one** encoder
+  call per batch whose shape is a (pair-count bucket × sequence-length bucket) of a small fixed
+  grid, padded to it with filler ``[CLS] [SEP]`` rows. A run then meets at most
+  ``len(buckets)`` distinct shapes whatever its data.
 
-Both modes return a :class:`ModelBatch` whose ``groups`` the model encodes one after the other and
-scatters back into a ``(B, 1 + H, D)`` tensor with the slot indices; in eval mode the two give the
-same logits (up to float rounding), which tests/test_model.py checks.
+All modes return a :class:`ModelBatch` whose ``groups`` the model encodes one after the other and
+scatters back into a ``(B, 1 + H, D)`` tensor with the slot indices (filler rows go to one extra
+"trash" slot that is dropped); in eval mode they give the same logits (up to float rounding), which
+tests/test_model.py checks.
 
 Data efficiency = tokens that carry content (candidates + valid pairs, specials included) divided
 by tokens the encoder processed (padding and empty-slot pairs included).
@@ -25,6 +29,7 @@ by tokens the encoder processed (padding and empty-slot pairs included).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -220,12 +225,13 @@ ID_COLUMNS: tuple[str, ...] = ("tweet_id", "b_user_id")
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class EncoderGroup:
-    """One encoder call: ``n`` sequences of one length; the first ``n_real`` rows are real."""
+    """One encoder call: ``n`` sequences of one length; the first ``n_real`` rows are real, the others
+    filler whose ``slots`` entry is the trash slot ``B * (1 + H)``."""
 
     input_ids: torch.Tensor  # (n, L) int64
     attention_mask: torch.Tensor  # (n, L) int64
     token_type_ids: torch.Tensor  # (n, L) int64
-    slots: torch.Tensor  # (n_real,) int64: flat index into (B * (1 + H)) of each real row
+    slots: torch.Tensor  # (n,) int64: flat index into (B * (1 + H) + 1) of each row
     n_real: int
 
 
@@ -240,30 +246,33 @@ class ModelBatch:
     labels: torch.Tensor  # (B, 4) float32, NaN = unknown
     valid_tokens: int = 0
     encoded_tokens: int = 0
+    #: The (rows, length) shape bucket of the one encoder call (static shapes only).
+    shape: tuple[int, int] | None = None
 
     @property
     def size(self) -> int:
         return self.slot_mask.shape[0]
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the batch in a fixed order (see :meth:`with_tensors`)."""
+        out = [self.slot_mask, self.hist_hour, self.features, self.labels]
+        for g in self.groups:
+            out += [g.input_ids, g.attention_mask, g.token_type_ids, g.slots]
+        return out
+
+    def with_tensors(self, tensors: list[torch.Tensor]) -> ModelBatch:
+        """The same batch with its tensors replaced, in :meth:`tensors` order (e.g. moved to a device)."""
+        it: Iterator[torch.Tensor] = iter(tensors)
+        head = [next(it) for _ in range(4)]
+        groups = [EncoderGroup(next(it), next(it), next(it), next(it), g.n_real) for g in self.groups]
+        return replace(self, groups=groups, slot_mask=head[0], hist_hour=head[1], features=head[2], labels=head[3])
 
     def to(self, device: torch.device | str) -> ModelBatch:
         """The same batch on ``device`` (host-to-device copies are asynchronous)."""
         if torch.device(device).type == "cpu":
             return self
 
-        def mv(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=True)
-
-        return replace(
-            self,
-            groups=[
-                EncoderGroup(mv(g.input_ids), mv(g.attention_mask), mv(g.token_type_ids), mv(g.slots), g.n_real)
-                for g in self.groups
-            ],
-            slot_mask=mv(self.slot_mask),
-            hist_hour=mv(self.hist_hour),
-            features=mv(self.features),
-            labels=mv(self.labels),
-        )
+        return self.with_tensors([t.to(device, non_blocking=True) for t in self.tensors()])
 
 
 def bucket_ladder(max_length: int, step: int = BUCKET_STEP) -> np.ndarray:
@@ -274,6 +283,59 @@ def bucket_ladder(max_length: int, step: int = BUCKET_STEP) -> np.ndarray:
     """
     top = -(-2 * max_length // step) * step
     return np.arange(step, top + 1, step, dtype=np.int64)
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class ShapeBuckets:
+    """The fixed grid of encoder-call shapes for static-shape batches: ``rows`` × ``lengths``.
+
+    A batch of B examples with H history slots encodes between B (no valid history) and B·(1 + H)
+    sequences (every slot valid), each at most ``2 * max_length`` tokens. :meth:`make` spreads
+    ``n_rows`` row counts evenly over ``(B, B·(1 + H)]`` (rounded up to ``multiple``, e.g. the
+    device count, so the rows split evenly over devices) and ``n_lengths`` lengths evenly over
+    ``(0, 2 * max_length]`` (rounded up to :data:`BUCKET_STEP`). A batch takes the smallest row
+    count that holds its sequences and the smallest length that holds its longest one. More
+    buckets mean less padding and more graphs to compile (docs/tpu.md).
+    """
+
+    rows: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        batch_size: int,
+        history_size: int,
+        max_length: int,
+        n_rows: int = 4,
+        n_lengths: int = 4,
+        multiple: int = 1,
+        step: int = BUCKET_STEP,
+    ) -> ShapeBuckets:
+        top = _round_up(2 * max_length, step)
+        lengths = sorted({_round_up(-(-top * k // n_lengths), step) for k in range(1, n_lengths + 1)})
+        lo, hi = batch_size, batch_size * (1 + history_size)
+        rows = sorted({_round_up(lo + -(-(hi - lo) * k // n_rows), multiple) for k in range(1, n_rows + 1)})
+        return cls(tuple(rows), tuple(lengths))
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.lengths)
+
+    def pick(self, n_sequences: int, longest: int) -> tuple[int, int]:
+        """The (rows, length) bucket of a batch of ``n_sequences`` sequences, the longest ``longest``."""
+        if n_sequences > self.rows[-1] or longest > self.lengths[-1]:
+            raise ValueError(
+                f"{n_sequences} sequences of up to {longest} tokens exceed the largest shape bucket "
+                f"({self.rows[-1]} x {self.lengths[-1]}): were the buckets made for this batch size and history?"
+            )
+        rows = next(r for r in self.rows if r >= n_sequences)
+        length = next(n for n in self.lengths if n >= longest)
+        return rows, length
 
 
 def _build_sequences(
@@ -329,19 +391,24 @@ def encode_batch(
     max_length: int,
     encoding: Encoding = "efficient",
     token_budget: int = 8192,
-    static_shapes: bool = False,
+    buckets: ShapeBuckets | None = None,
     use_text: bool = True,
     bucket_step: int = BUCKET_STEP,
 ) -> ModelBatch:
     """Turn examples into a :class:`ModelBatch` (CPU tensors; move with :meth:`ModelBatch.to`).
 
-    ``use_text=False`` (the features-only ablation) builds no encoder input at all.
+    With ``buckets`` the efficient encoding packs every valid sequence into one encoder call of a
+    bucket's shape (static shapes); without, it cuts length buckets by ``token_budget``. The naive
+    encoding is one call of fixed width anyway. ``use_text=False`` (the features-only ablation)
+    builds no encoder input at all.
     """
     b = len(ex)
     h = ex.history_size
     slot_mask = np.concatenate([np.ones((b, 1), dtype=bool), ex.hist_mask], axis=1)
     groups: list[EncoderGroup] = []
     valid_tokens = encoded_tokens = 0
+    shape: tuple[int, int] | None = None
+    trash = b * (1 + h)  # the slot that filler rows write to (dropped by the model)
     if use_text and b:
         ladder = bucket_ladder(max_length, bucket_step)
         content_max = max_length - 2
@@ -363,8 +430,13 @@ def encode_batch(
         valid_tokens = int(length[real].sum())
         if encoding == "naive":
             # The paper's way: one call, every slot, padded to the longest possible pair.
-            groups.append(_group(ids, attn, ttype, seq_flat, width, len(seq_flat), specials))
+            groups.append(_group(ids, attn, ttype, seq_flat, width, len(seq_flat), specials, trash))
             encoded_tokens = len(seq_flat) * width
+            shape = (len(seq_flat), width)
+        elif buckets is not None:
+            shape = buckets.pick(len(seq_flat), int(length.max()))
+            groups.append(_group(ids, attn, ttype, seq_flat, shape[1], shape[0], specials, trash))
+            encoded_tokens = shape[0] * shape[1]
         else:
             bucket = ladder[np.searchsorted(ladder, length)]
             order = np.lexsort((np.arange(len(length)), bucket))  # by bucket, stable
@@ -373,9 +445,12 @@ def encode_batch(
                 cap = max(1, token_budget // int(blen))
                 for start in range(0, len(sel), cap):
                     part = sel[start : start + cap]
-                    rows = cap if static_shapes else len(part)
-                    groups.append(_group(ids[part], attn[part], ttype[part], seq_flat[part], int(blen), rows, specials))
-                    encoded_tokens += rows * int(blen)
+                    groups.append(
+                        _group(
+                            ids[part], attn[part], ttype[part], seq_flat[part], int(blen), len(part), specials, trash
+                        )
+                    )
+                    encoded_tokens += len(part) * int(blen)
     return ModelBatch(
         groups=groups,
         slot_mask=torch.from_numpy(slot_mask),
@@ -384,6 +459,7 @@ def encode_batch(
         labels=torch.from_numpy(np.ascontiguousarray(ex.labels, dtype=np.float32)),
         valid_tokens=valid_tokens,
         encoded_tokens=encoded_tokens,
+        shape=shape,
     )
 
 
@@ -395,9 +471,10 @@ def _group(
     length: int,
     rows: int,
     specials: SpecialTokens,
+    trash: int,
 ) -> EncoderGroup:
     """An encoder call of ``rows`` rows × ``length`` columns; rows past the real ones are filler
-    ``[CLS] [SEP]`` sequences (static shapes) whose outputs the model drops."""
+    ``[CLS] [SEP]`` sequences (static shapes) whose outputs go to the ``trash`` slot."""
     n_real = len(flat)
     ids, attn, ttype = ids[:, :length], attn[:, :length], ttype[:, :length]
     if rows > n_real:
@@ -409,6 +486,7 @@ def _group(
         ids = np.concatenate([ids, pad_ids])
         attn = np.concatenate([attn, pad_attn])
         ttype = np.concatenate([ttype, np.zeros((fill, length), dtype=np.int64)])
+        flat = np.concatenate([flat, np.full(fill, trash, dtype=np.int64)])
     return EncoderGroup(
         input_ids=torch.from_numpy(np.ascontiguousarray(ids)),
         attention_mask=torch.from_numpy(np.ascontiguousarray(attn)),

@@ -40,6 +40,19 @@ def _ff(in_dim: int, out_dim: int, dropout: float) -> list[nn.Module]:
     return [nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU(), nn.Dropout(dropout)]
 
 
+def _attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The encoder's attention mask: the 2-D 0/1 mask, or on XLA the 4-D additive mask.
+
+    Given a 2-D mask, transformers tests whether it is all ones (to skip it): on a lazy XLA tensor
+    that runs a small graph and waits for it mid-forward, once per step and per shape. A 4-D mask
+    is used as given.
+    """
+    if mask.device.type != "xla":
+        return mask
+    keep = mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
 class Head(nn.Module):
     """compress FF (text models only) → concat normalised features → FF → ``n_out`` logits."""
 
@@ -147,10 +160,14 @@ class MicroParade(nn.Module):
         )
 
     def slot_embeddings(self, batch: ModelBatch) -> torch.Tensor:
-        """``(B, 1 + H, D)``: encoder [CLS] vectors scattered to their slots, empty slots learned."""
+        """``(B, 1 + H, D)``: encoder [CLS] vectors scattered to their slots, empty slots learned.
+
+        Every encoder row is scattered, filler rows of static-shape batches into one extra trash
+        slot ``B * (1 + H)`` that is then dropped: no shape depends on how many rows are real.
+        """
         b, s = batch.slot_mask.shape
         d = self.empty_slot.shape[0]
-        flat = self.empty_slot.expand(b * s, d)
+        flat = self.empty_slot.expand(b * s + 1, d)
         outs, slots = [], []
         # One word-embedding lookup for all calls: its backward materialises a dense
         # (vocab x hidden) gradient, which per call would cost more than a small call itself.
@@ -162,15 +179,15 @@ class MicroParade(nn.Module):
             n = g.input_ids.numel()
             hidden = encoder(
                 inputs_embeds=words[start : start + n].view(*g.input_ids.shape, -1),
-                attention_mask=g.attention_mask,
+                attention_mask=_attention_mask(g.attention_mask, words.dtype),
                 token_type_ids=g.token_type_ids if self.pass_token_types else None,
             ).last_hidden_state
             start += n
-            outs.append(hidden[: g.n_real, 0])
+            outs.append(hidden[:, 0])
             slots.append(g.slots)
         if outs:
             flat = flat.index_copy(0, torch.cat(slots), torch.cat(outs).to(flat.dtype))
-        emb = flat.reshape(b, s, d)
+        emb = flat[: b * s].reshape(b, s, d)
         # Naive encoding also encodes empty slots; both encodings hand the aggregator the same input.
         return torch.where(batch.slot_mask.unsqueeze(-1), emb, self.empty_slot)
 
