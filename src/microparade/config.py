@@ -250,8 +250,16 @@ class ModelConfig(Section):
     hidden_dim: int = Field(192, ge=8)
 
 
+class ShapeBucketsConfig(Section):
+    #: Encoder row-count buckets, spread evenly over (B, B·(1 + H)] sequences per batch.
+    rows: int = Field(4, ge=1, le=64)
+    #: Sequence-length buckets, spread evenly over (0, 2 × ``text.max_length``] tokens.
+    lengths: int = Field(4, ge=1, le=32)
+
+
 class TrainConfig(Section):
-    #: ``cpu``, ``cuda`` (DDP from torchrun or Slurm variables) or ``xla`` (not in this version).
+    #: ``cpu``, ``cuda`` (DDP from torchrun or Slurm variables) or ``xla`` (torch-xla SPMD over every
+    #: TPU/XLA device of the host; one process per host; needs the ``.venv-tpu`` environment).
     backend: Literal["cpu", "cuda", "xla"] = "cpu"
     #: ``efficient``: only valid pairs, length-bucketed under a token budget; ``naive``: every slot
     #: padded to the longest possible pair, 2 × ``text.max_length`` (the paper's way).
@@ -282,9 +290,12 @@ class TrainConfig(Section):
     token_budget: int = Field(8192, ge=64)
     #: torch CPU threads (0 = the CPUs this process may run on, from its CPU affinity).
     num_threads: int = Field(0, ge=0)
-    #: Pad every encoder call to its bucket's full capacity and drop short last batches, so tensor
-    #: shapes never depend on the data (for compilers such as XLA); costs data efficiency.
+    #: Static shapes: each batch is one encoder call padded to a bucket of a fixed grid
+    #: (``shape_buckets``) and short last batches are dropped, so a run compiles at most
+    #: rows × lengths graphs. Always on with ``backend: xla``; costs data efficiency.
     static_shapes: bool = False
+    #: The static-shape grid (also used by ``evaluate`` on ``xla``).
+    shape_buckets: ShapeBucketsConfig = Field(default_factory=ShapeBucketsConfig)
 
 
 class EvaluateConfig(Section):
@@ -292,8 +303,9 @@ class EvaluateConfig(Section):
     splits: list[Split] = Field(default_factory=lambda: _splits("valid", "test"))
     #: Examples per inference batch.
     batch_size: int = Field(64, ge=1)
-    #: Device for inference (one process): ``cpu`` or ``cuda`` (the first visible GPU).
-    backend: Literal["cpu", "cuda"] = "cpu"
+    #: Device for inference (one process): ``cpu``, ``cuda`` (the first visible GPU) or ``xla``
+    #: (every XLA device of the host, static shapes from ``train.shape_buckets``).
+    backend: Literal["cpu", "cuda", "xla"] = "cpu"
     #: Max tokens per encoder call (efficient encoding, as train.token_budget).
     token_budget: int = Field(8192, ge=64)
 

@@ -6,7 +6,8 @@ checkpoints) is device-agnostic and only talks to this interface.
 
 - ``cpu``: one process; or, when launched as several processes (torchrun / srun), DDP over gloo.
 - ``cuda``: one GPU per process (``LOCAL_RANK`` picks it); DDP over NCCL when world size > 1.
-- ``xla``: not in this version (raises :class:`BackendError`).
+- ``xla``: torch-xla SPMD over every XLA device of the host, one process per host, static-shape
+  batches (:mod:`microparade.compute.xla`; needs the ``.venv-tpu`` environment).
 
 The distributed layout comes from the launcher's environment (:func:`dist_env`): torchrun's
 ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``, or Slurm's
@@ -21,9 +22,9 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BackendError
 
@@ -31,7 +32,10 @@ if TYPE_CHECKING:  # torch is imported lazily: the stage runner asks for the ran
     import torch
     from torch import nn
 
+    from ..model.batching import ModelBatch
+
 BACKENDS = ("cpu", "cuda", "xla")
+T = TypeVar("T")
 
 
 def available_cpus() -> int:
@@ -104,7 +108,14 @@ def process_rank(environ: Mapping[str, str] | None = None) -> int:
 
 
 class Backend:
-    """Device + process group of one training process (see the module docstring)."""
+    """Device + process group of one training process (see the module docstring).
+
+    The hooks below the process-group methods (``feed``, ``step_end``, ``compilations``, ...) are
+    no-ops here; the XLA backend (:class:`microparade.compute.xla.XlaBackend`) fills them in.
+    """
+
+    #: Whether batches must have static shapes (a compiler builds one graph per input shape).
+    static_shapes = False
 
     def __init__(self, name: str, env: DistEnv, device: torch.device, dist_backend: str):
         self.name = name
@@ -223,6 +234,38 @@ class Backend:
         if self.device.type == "cuda" and "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
+    # -- hooks of compiled backends ----------------------------------------------------------------
+    @property
+    def shape_multiple(self) -> int:
+        """Static-shape row buckets are rounded up to this (the number of devices a batch splits over)."""
+        return 1
+
+    def feed(self, items: Iterator[tuple[T, ModelBatch]]) -> Iterator[tuple[T, ModelBatch]]:
+        """``(item, batch)`` pairs with each batch on this backend's device(s)."""
+        for item, batch in items:
+            yield item, batch.to(self.device)
+
+    def step_end(self) -> None:
+        """Called after each optimizer step / inference batch (XLA: run the traced graph)."""
+
+    def compilations(self) -> int | None:
+        """Graph compilations so far in this process (None: an eager backend compiles nothing)."""
+        return None
+
+    def seed(self, seed: int) -> None:
+        """Seed the device's own generator (the CPU generators are seeded by the caller)."""
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once the optimizer exists, and again after a checkpoint restored its state."""
+
+    def to_cpu(self, obj: Any) -> Any:
+        """``obj`` (tensors, nested in dicts / lists) ready for ``torch.save``."""
+        return obj
+
+    def replicas_identical(self, model: nn.Module) -> bool | None:
+        """Whether the devices hold identical weights (None: one copy, nothing to compare)."""
+        return None
+
     def describe(self) -> str:
         where = f"{self.device}"
         if self.distributed:
@@ -250,5 +293,7 @@ def make_backend(name: str, environ: Mapping[str, str] | None = None) -> Backend
         torch.cuda.set_device(env.local_rank)
         return Backend("cuda", env, torch.device("cuda", env.local_rank), "nccl")
     if name == "xla":
-        raise BackendError("train.backend=xla is not in this version of microparade; use 'cpu' or 'cuda'")
+        from .xla import XlaBackend
+
+        return XlaBackend(env)
     raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")

@@ -8,9 +8,12 @@ chunks hold (others are skipped, with a log line), writes:
 - ``metrics.json`` — ``{split: microparade.metrics.compute_metrics(...)}`` for the splits whose rows
   are all labelled (AP, RCE, their fair versions, positive rates), also the manifest ``extra``.
 
-Inference runs in one process (``evaluate.backend``: cpu or the first GPU), in eval mode, with the
-efficient encoding (same logits as the naive one up to float rounding), chunk by chunk through the
-hot-swap loader in manifest order, so the outputs do not depend on how training was parallelised.
+Inference runs in one process (``evaluate.backend``: cpu, the first GPU, or every XLA device of
+the host), in eval mode, with the efficient encoding (same logits as the naive one up to float
+rounding), chunk by chunk through the hot-swap loader in manifest order, so the outputs do not
+depend on how training was parallelised. On ``xla`` batches have static shapes
+(``train.shape_buckets``): a split's short last batch is padded with repeats of its rows, whose
+predictions are dropped, and the manifest ``extra`` records the ``compilations``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ...compute.backends import available_cpus, make_backend
+from ...compute.backends import Backend, available_cpus, make_backend
 from ...engine.context import StageContext
 from ...errors import StageError
 from ...metrics import compute_metrics
-from ...model import MicroParade, SpecialTokens, encode_batch, load_model_bundle
+from ...model import SpecialTokens, encode_batch, load_model_bundle
+from ...model.batching import ShapeBuckets
 from ...model.loader import ChunkLoader
 from ...recsys_format import TARGETS
 from ..chunks.contract import ChunksManifest
@@ -46,11 +50,12 @@ def _load_bundle(ctx: StageContext) -> dict[str, Any]:
 
 
 def predict_split(
-    model: MicroParade,
+    model: torch.nn.Module,
     loader: ChunkLoader,
     bundle: dict[str, Any],
-    device: torch.device,
+    backend: Backend,
     token_budget: int,
+    buckets: ShapeBuckets | None,
     log: Callable[..., None],
 ) -> dict[str, np.ndarray]:
     """Probabilities for every row of one split, with ids, labels and follower counts."""
@@ -61,18 +66,29 @@ def predict_split(
     done = 0
     total = loader.examples_per_epoch()
     next_log = 0
-    with torch.inference_mode():
+
+    def encoded():
         for batch in loader.epoch(0):
             ex = batch.examples
+            if buckets is not None and len(ex) < loader.batch_size:  # static shapes: a full batch
+                ex = ex.take(np.resize(np.arange(len(ex)), loader.batch_size))
             mb = encode_batch(
                 ex,
                 specials=specials,
                 max_length=int(bundle["max_length"]),
                 encoding="efficient",
                 token_budget=token_budget,
+                buckets=buckets,
                 use_text=use_text,
-            ).to(device)
-            probs = torch.sigmoid(model(mb).float()).cpu().numpy()
+            )
+            yield batch.examples, mb
+
+    # inference_mode tensors are not for compiled backends; no_grad is what torch-xla documents.
+    with torch.no_grad() if backend.static_shapes else torch.inference_mode():
+        for ex, mb in backend.feed(encoded()):
+            probs_dev = torch.sigmoid(model(mb).float())
+            backend.step_end()
+            probs = probs_dev.cpu().numpy()[: len(ex)]
             for key, val in (
                 ("row_id", ex.row_id),
                 ("tweet_id", ex.tweet_id),
@@ -100,11 +116,22 @@ def run(ctx: StageContext) -> None:
         raise StageError(f"the model was trained with history size {h_model} but the chunks have {chunks.history_size}")
     if tuple(bundle["feature_names"]) != chunks.feature_names:
         raise StageError("the model's feature names differ from the chunks' (rerun train on these chunks)")
-    backend = make_backend(ec.backend, environ={})
+    backend = make_backend(ec.backend, environ={}).setup()
     # Same thread count whether or not a Dask cluster ran earlier in this process (see train).
-
     torch.set_num_threads(ctx.cfg.train.num_threads or available_cpus())
-    model = load_model_bundle(bundle).to(backend.device)
+    model = backend.wrap(load_model_bundle(bundle)).eval()
+    buckets = None
+    if backend.static_shapes:
+        sb = ctx.cfg.train.shape_buckets
+        buckets = ShapeBuckets.make(
+            batch_size=ec.batch_size,
+            history_size=chunks.history_size,
+            max_length=chunks.max_length,
+            n_rows=sb.rows,
+            n_lengths=sb.lengths,
+            multiple=backend.shape_multiple,
+        )
+    ctx.log("predicting on %s", backend.describe())
     present = {split for split in chunks.splits if chunks.files(split)}
     metrics: dict[str, Any] = {}
     predicted: dict[str, int] = {}
@@ -120,7 +147,7 @@ def run(ctx: StageContext) -> None:
             with_ids=True,
             storage_options=ctx.store.storage_options,
         ) as loader:
-            res = predict_split(model, loader, bundle, backend.device, ec.token_budget, ctx.log)
+            res = predict_split(model, loader, bundle, backend, ec.token_budget, buckets, ctx.log)
         table = pa.table(
             {
                 "row_id": pa.array(res["row_id"].astype(np.int64)),
@@ -149,3 +176,6 @@ def run(ctx: StageContext) -> None:
     with ctx.open_out("metrics.json") as f:
         f.write((json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
     ctx.extra.update(metrics)
+    compilations = backend.compilations()
+    if compilations is not None:
+        ctx.extra.update(compilations=compilations, backend=backend.name)

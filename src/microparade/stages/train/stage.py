@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,7 +55,8 @@ from ...compute.backends import Backend, available_cpus, make_backend
 from ...engine.context import StageContext
 from ...errors import PreemptedError, StageError
 from ...model import build_model, encode_batch, model_bundle
-from ...model.loader import ChunkLoader, LoaderState
+from ...model.batching import ModelBatch, ShapeBuckets
+from ...model.loader import Batch, ChunkLoader, LoaderState
 from ...recsys_format import TARGETS
 from ...storage import retry
 from ..chunks.contract import ChunksManifest
@@ -187,10 +189,25 @@ class Trainer:
         self.specials = self.chunks.specials
 
         seed_everything(self.tc.seed)
+        backend.seed(self.tc.seed)
         self.model = build_model(self.cfg.model, self.chunks, seed=self.tc.seed)
         self.module = backend.wrap(self.model)
         opt_cls = torch.optim.AdamW if self.tc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        backend.prepare_optimizer(self.optimizer)
+        self.static_shapes = self.tc.static_shapes or backend.static_shapes
+        self.buckets = (
+            ShapeBuckets.make(
+                batch_size=self.tc.batch_size,
+                history_size=self.chunks.history_size,
+                max_length=self.chunks.max_length,
+                n_rows=self.tc.shape_buckets.rows,
+                n_lengths=self.tc.shape_buckets.lengths,
+                multiple=backend.shape_multiple,
+            )
+            if self.static_shapes and self.tc.encoding == "efficient"
+            else None
+        )
         warmup = self.tc.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
@@ -204,7 +221,7 @@ class Trainer:
             seed=self.tc.seed,
             shuffle=True,
             remainder="drop",
-            drop_last=self.tc.static_shapes,
+            drop_last=self.static_shapes,
             storage_options=ctx.store.storage_options,
         )
         if not self.loader.chunks:
@@ -225,6 +242,11 @@ class Trainer:
         self.interval = Interval()
         self.totals = {"examples": 0, "valid_tokens": 0, "encoded_tokens": 0}
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        #: Steps whose loss is still a device tensor: read back at the next record or checkpoint, so
+        #: an asynchronous device is not waited for at every step.
+        self.pending: list[tuple[torch.Tensor, int, int, int]] = []
+        #: Encoder-call shapes met so far (static shapes: each is one compiled graph).
+        self.shapes: set[tuple[int, int]] = set()
         #: Examples since the interval timer started (not checkpointed: a resumed run's first
         #: interval is timed from the resume on).
         self.timed_examples = 0
@@ -239,6 +261,7 @@ class Trainer:
         return sorted(f for f in names if f.startswith("ckpt-") and f.endswith(".pt"))
 
     def save_checkpoint(self) -> None:
+        self.flush()
         states = self.backend.all_gather_object(rng_state(self.backend))
         if self.backend.is_main:
             payload = {
@@ -247,8 +270,8 @@ class Trainer:
                 "step": self.step,
                 "world_size": self.backend.world_size,
                 "loader_state": self.position.to_dict(),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "model": self.backend.to_cpu(self.model.state_dict()),
+                "optimizer": self.backend.to_cpu(self.optimizer.state_dict()),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": states,
                 "records": self.records,
@@ -281,6 +304,9 @@ class Trainer:
                 continue
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            # Restored state placed like fresh state. Before the RNG states: on XLA this runs the
+            # pending transfers, and every graph run advances the device generator.
+            self.backend.prepare_optimizer(self.optimizer)
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.step = int(ckpt["step"])
             self.position = LoaderState.from_dict(ckpt["loader_state"])
@@ -310,18 +336,24 @@ class Trainer:
         return False
 
     # -- one step ---------------------------------------------------------------------------------
-    def train_step(self, batch) -> tuple[list[float], int, int]:
-        if not batch.examples.labelled:
-            raise StageError("the train split has rows without labels; the chunks stage must not produce them")
-        mb = encode_batch(
-            batch.examples,
-            specials=self.specials,
-            max_length=self.chunks.max_length,
-            encoding=self.tc.encoding,
-            token_budget=self.tc.token_budget,
-            static_shapes=self.tc.static_shapes,
-            use_text=self.cfg.model.use_text,
-        ).to(self.backend.device)
+    def encoded(self, epoch: int, start: LoaderState | None) -> Iterator[tuple[Batch, ModelBatch]]:
+        """The epoch's batches with their model tensors (on the CPU: the backend moves them)."""
+        for batch in self.loader.epoch(epoch, start):
+            if not batch.examples.labelled:
+                raise StageError("the train split has rows without labels; the chunks stage must not produce them")
+            mb = encode_batch(
+                batch.examples,
+                specials=self.specials,
+                max_length=self.chunks.max_length,
+                encoding=self.tc.encoding,
+                token_budget=self.tc.token_budget,
+                buckets=self.buckets,
+                use_text=self.cfg.model.use_text,
+            )
+            yield batch, mb
+
+    def train_step(self, mb: ModelBatch) -> torch.Tensor:
+        """One optimizer step; the per-target losses (detached, on the device)."""
         self.module.train()
         logits = self.module(mb)
         per_target = F.binary_cross_entropy_with_logits(logits, mb.labels, reduction="none").mean(dim=0)
@@ -333,10 +365,18 @@ class Trainer:
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
-        return per_target.detach().double().cpu().tolist(), mb.valid_tokens, mb.encoded_tokens
+        self.backend.step_end()
+        return per_target.detach()
+
+    def flush(self) -> None:
+        """Read the pending steps' losses back into the current interval (in step order)."""
+        for per_target, examples, valid, encoded in self.pending:
+            self.interval.add(per_target.cpu().double().tolist(), examples, valid, encoded)
+        self.pending.clear()
 
     # -- logging --------------------------------------------------------------------------------
     def make_record(self, epoch: int, seconds: float) -> dict[str, Any]:
+        self.flush()
         iv = self.interval
         vals = self.backend.all_reduce_values(
             [*iv.loss, iv.steps, iv.examples, iv.valid_tokens, iv.encoded_tokens, self.timed_examples], op="sum"
@@ -357,6 +397,9 @@ class Trainer:
             "examples_per_s": round(timed / seconds, 3) if seconds > 0 else None,
             "data_efficiency": _efficiency(valid, encoded),
         }
+        compilations = self.backend.compilations()
+        if compilations is not None:
+            record["compilations"] = compilations
         self.totals["valid_tokens"] += int(valid)
         self.totals["encoded_tokens"] += int(encoded)
         self.interval = Interval()
@@ -389,11 +432,13 @@ class Trainer:
         try:
             for epoch in range(self.position.epoch, self.tc.epochs):
                 start = self.position if self.position.epoch == epoch else None
-                for batch in self.loader.epoch(epoch, start):
-                    per_target, valid, encoded = self.train_step(batch)
+                for batch, mb in self.backend.feed(self.encoded(epoch, start)):
+                    per_target = self.train_step(mb)
                     self.step += 1
                     self.position = batch.state
-                    self.interval.add(per_target, len(batch), valid, encoded)
+                    self.pending.append((per_target, len(batch), mb.valid_tokens, mb.encoded_tokens))
+                    if mb.shape is not None:
+                        self.shapes.add(mb.shape)
                     self.timed_examples += len(batch)
                     if bar is not None:
                         bar.update(1)
@@ -463,9 +508,19 @@ class Trainer:
             encoding=self.tc.encoding,
             backend=self.backend.name,
             world_size=self.backend.world_size,
+            devices=self.backend.shape_multiple,
             batch_size_per_process=self.tc.batch_size,
             parameters=sum(p.numel() for p in self.model.parameters()),
+            static_shapes=self.static_shapes,
         )
+        if self.buckets is not None:
+            ctx.extra.update(
+                shape_buckets={"rows": list(self.buckets.rows), "lengths": list(self.buckets.lengths)},
+                shapes_used=sorted([list(s) for s in self.shapes]),
+            )
+        compilations = self.backend.compilations()
+        if compilations is not None:
+            ctx.extra.update(compilations=compilations, replicas_identical=self.backend.replicas_identical(self.model))
 
 
 def _write_scalars(writer, record: dict[str, Any]) -> None:
