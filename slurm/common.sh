@@ -5,6 +5,7 @@
 #   MICROPARADE_HOME     the microparade checkout (slurm/pipeline.sh exports it; default: the
 #                        submission directory)
 #   MICROPARADE_PYTHON   Python to use (default: $MICROPARADE_HOME/.venv/bin/python, else python3)
+#   MICROPARADE_XLA_PYTHON  Python of stages with backend xla (default: $MICROPARADE_HOME/.venv-tpu/bin/python)
 #   slurm/site.sh        optional, yours: `module load`, conda activate, proxies, UCX settings...
 
 MICROPARADE_HOME="${MICROPARADE_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
@@ -32,11 +33,22 @@ fi
 mp() { "$MICROPARADE_PYTHON" -m microparade.cli "$@"; }
 mp_log() { echo "[$(date +%H:%M:%S)] ${SLURM_JOB_NAME:-microparade} ${SLURM_JOB_ID:-}: $*" >&2; }
 
+# mp_stage_python STAGE CONFIG [key=value ...]: the Python that runs STAGE: the XLA environment's
+# (.venv-tpu, or $MICROPARADE_XLA_PYTHON) when the stage's backend is xla, else $MICROPARADE_PYTHON.
+mp_stage_python() {
+  local stage=$1; shift
+  local py
+  py=$(mp config "$@" --python-for "$stage")
+  echo "${py:-$MICROPARADE_PYTHON}"
+}
+
 # mp_stage STAGE CONFIG [key=value ...]: run one stage in this job.
 mp_stage() {
   local stage=$1; shift
-  mp_log "stage $stage on ${SLURMD_NODENAME:-$(hostname)} (nodes: ${SLURM_JOB_NODELIST:-none}, restart ${SLURM_RESTART_COUNT:-0})"
-  "$MICROPARADE_PYTHON" "$MICROPARADE_HOME/jobs/$stage.py" "$@"
+  local py
+  py=$(mp_stage_python "$stage" "$@")
+  mp_log "stage $stage on ${SLURMD_NODENAME:-$(hostname)} (nodes: ${SLURM_JOB_NODELIST:-none}, restart ${SLURM_RESTART_COUNT:-0}, python $py)"
+  "$py" "$MICROPARADE_HOME/jobs/$stage.py" "$@"
 }
 
 # mp_dask_stage STAGE CONFIG [key=value ...]: a Dask stage. With cluster.kind=scheduler_file a
@@ -73,9 +85,11 @@ mp_requeueing() {
   if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
     launcher=(srun --kill-on-bad-exit=1)
   fi
-  mp_log "stage $stage on ${SLURMD_NODENAME:-$(hostname)} (nodes: ${SLURM_JOB_NODELIST:-none}, tasks ${SLURM_NTASKS:-1}, restart ${SLURM_RESTART_COUNT:-0})"
+  local py
+  py=$(mp_stage_python "$stage" "$@")
+  mp_log "stage $stage on ${SLURMD_NODENAME:-$(hostname)} (nodes: ${SLURM_JOB_NODELIST:-none}, tasks ${SLURM_NTASKS:-1}, restart ${SLURM_RESTART_COUNT:-0}, python $py)"
   MP_SIGNALLED=""
-  "${launcher[@]}" "$MICROPARADE_PYTHON" "$MICROPARADE_HOME/jobs/$stage.py" "$@" &
+  "${launcher[@]}" "$py" "$MICROPARADE_HOME/jobs/$stage.py" "$@" &
   local pid=$!
   # shellcheck disable=SC2064
   trap "MP_SIGNALLED=USR2; mp_log 'SIGUSR2: asking $stage to checkpoint'; kill -USR2 $pid 2>/dev/null" USR2

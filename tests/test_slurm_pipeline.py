@@ -11,7 +11,10 @@ two emulated nodes; each test then waits for its own jobs:
 - run R: train + evaluate on a copy of A's upstream stages, never interrupted: the reference;
 - run C: a chain whose ingest fails at run time;
 - D: a 2-node ingest job with ``cluster.kind=scheduler_file`` (Dask inside the allocation);
-- E: an ingest job with ``cluster.kind=jobqueue`` (Dask workers as separate Slurm jobs).
+- E: an ingest job with ``cluster.kind=jobqueue`` (Dask workers as separate Slurm jobs);
+- run X: ``slurm/pipeline.sh`` with ``train.backend=xla`` / ``evaluate.backend=xla`` on the
+  partition ``tpu``: those jobs run the XLA environment (.venv-tpu) on XLA's CPU runtime, the
+  CPU report job collects their outputs.
 """
 
 from __future__ import annotations
@@ -72,6 +75,28 @@ def overrides(run: Path, *extra: str) -> list[str]:
         "slurm.default.time=00:30:00",
         *extra,
     ]
+
+
+#: Run X: train and evaluate on the ``tpu`` partition with the xla backend (2 shape buckets at most).
+XLA_OVERRIDES = (
+    "train.backend=xla",
+    "evaluate.backend=xla",
+    "slurm.train.partition=tpu",
+    "slurm.evaluate.partition=tpu",
+    "train.shape_buckets.rows=2",
+    "train.shape_buckets.lengths=1",
+)
+#: XLA's CPU runtime in the TPU jobs (sbatch exports the environment). One device: the jobs share
+#: 2 busy cores, and XLA:CPU aborts a collective whose device threads wait more than 10 s for each
+#: other (tests/test_xla.py covers several devices).
+XLA_ENV = {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def xla_python() -> str | None:
+    """The XLA environment's Python (tests/helpers/xla.py decides: skip, or fail in CI)."""
+    from tests.helpers.xla import TPU_PYTHON
+
+    return str(TPU_PYTHON) if TPU_PYTHON.exists() else None
 
 
 def raw_from(run: Path) -> list[str]:
@@ -203,16 +228,20 @@ class Launched:
     r_jobs: dict[str, str]
     a_requeue: Interrupter
     b_usr2: Interrupter
+    x: Path
+    x_out: str
+    x_jobs: dict[str, str]
 
 
 @pytest.fixture(scope="module")
 def launched(slurm, tmp_path_factory) -> Launched:
     base = tmp_path_factory.mktemp("slurm-pipeline")
-    a, b, c, d, e, r = (base / n for n in "abcder")
-    for p in (a, b, c, d, e, r):
+    a, b, c, d, e, r, x = (base / n for n in "abcderx")
+    for p in (a, b, c, d, e, r, x):
         (p / "logs").mkdir(parents=True)
 
     a_out, a_jobs = run_pipeline_sh(*overrides(a))
+    x_out, x_jobs = run_pipeline_sh(*overrides(x, *XLA_OVERRIDES), env=XLA_ENV) if xla_python() else ("", {})
     b_out, b_jobs = run_submit(*overrides(b))
     c_out, c_jobs = run_pipeline_sh(*overrides(c, "data.generate=null", "data.raw.train=/nonexistent/*"))
 
@@ -331,6 +360,9 @@ def launched(slurm, tmp_path_factory) -> Launched:
         {"copy": copy, "train": r_train, "evaluate": r_eval},
         a_requeue,
         b_usr2,
+        x,
+        x_out,
+        x_jobs,
     )
 
 
@@ -527,3 +559,28 @@ def test_interrupted_training_resumes_from_its_checkpoint_and_matches_an_uninter
         assert json.loads((run / "run" / "evaluate" / "metrics.json").read_text()) == json.loads(
             (r / "run" / "evaluate" / "metrics.json").read_text()
         )
+
+
+def test_xla_train_and_evaluate_run_on_the_tpu_partition(launched):
+    """pipeline.sh with the xla backend: train and evaluate are submitted to the partition ``tpu``
+    and run the XLA environment; report (CPU, default partition) collects their outputs."""
+    from tests.helpers.xla import require_xla_env
+
+    require_xla_env()
+    x = launched.x
+    assert set(launched.x_jobs) == set(STAGES), launched.x_out
+    states = wait_jobs(launched.x_jobs.values(), timeout=CHAIN_TIMEOUT_S)
+    assert set(states.values()) == {"COMPLETED"}, states
+    partitions = dict(sacct_field(list(launched.x_jobs.values()), "JobID,Partition"))
+    for stage, jid in launched.x_jobs.items():
+        assert partitions[jid] == ("tpu" if stage in ("train", "evaluate") else "debug"), (stage, partitions)
+    for stage in ("train", "evaluate"):
+        log = (x / "logs" / f"mp-{stage}-{launched.x_jobs[stage]}.out").read_text()
+        assert f"python {ROOT / '.venv-tpu' / 'bin' / 'python'}" in log, log[-3000:]
+        assert "xla (1 CPU device(s), SPMD data parallel" in log, log[-3000:]
+    train = json.loads((x / "run" / "train" / "_MANIFEST.json").read_text())["extra"]
+    assert train["backend"] == "xla" and train["devices"] == 1 and train["steps"] == TRAIN_STEPS
+    assert 1 <= train["compilations"] <= 2
+    report = (x / "run" / "report" / "index.html").read_text()
+    assert "xla" in report
+    _assert_all_done_under_slurm(x, launched.x_jobs, "sbatch")

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration (or one value with --get)")
     add_config_args(p)
     p.add_argument("--get", metavar="KEY", help="print only this dotted key's value, e.g. cluster.kind")
+    p.add_argument(
+        "--python-for",
+        metavar="STAGE",
+        help="print the Python a Slurm job of STAGE must run when not the default (the XLA environment's "
+        "for backend xla), else nothing",
+    )
 
     p = sub.add_parser("generate", help="write a synthetic RecSys 2021 dataset")
     p.add_argument("--out", required=True, help="output directory (path or fsspec URL)")
@@ -95,7 +101,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = load_args_config(args)
-    if args.get:
+    if args.python_for:
+        from .slurm.resources import stage_python
+
+        print(stage_python(cfg, args.python_for) or "")
+    elif args.get:
         value = cfg.section(args.get)
         print(value if isinstance(value, str) else json.dumps(value))
     else:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring up (or reuse, when already healthy) a real single-host Slurm 22.05 for the test suite and
 # for developers: munged, a private MariaDB + slurmdbd, slurmctld and two emulated nodes
-# (node1, node2) in one partition "debug".
+# (node1, node2) in one partition "debug", and a partition "tpu" over the same nodes standing in for
+# a TPU partition (the XLA jobs run on XLA's CPU runtime there).
 #
 #   tests/slurm/start.sh                 # progress on stderr, "export SLURM_CONF=..." on stdout
 #   eval "$(tests/slurm/start.sh)"       # start and point this shell at the cluster
@@ -139,6 +140,7 @@ JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
 NodeName=node[1-2] NodeHostname=$host NodeAddr=127.0.0.1 Port=[17001-17002] CPUs=4 RealMemory=8000 State=UNKNOWN
 PartitionName=$PARTITION Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP
+PartitionName=tpu Nodes=node[1-2] MaxTime=INFINITE State=UP
 EOF
 }
 

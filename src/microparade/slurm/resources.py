@@ -140,6 +140,20 @@ def submitit_params(cfg: Config, stage: str | StageSpec) -> dict[str, Any]:
     return params
 
 
+#: Overrides the XLA environment's Python (default: ``.venv-tpu/bin/python`` of the checkout).
+XLA_PYTHON_ENV = "MICROPARADE_XLA_PYTHON"
+
+
+def stage_python(cfg: Config, stage: str | StageSpec) -> str | None:
+    """The Python a stage's job must run, when not the default one: the XLA environment's
+    (``bash env/install.sh tpu``) for a stage whose config section says ``backend: xla``."""
+    spec = spec_of(cfg, stage)
+    section = getattr(cfg, spec.name, None)
+    if getattr(section, "backend", None) != "xla":
+        return None
+    return os.environ.get(XLA_PYTHON_ENV) or str(checkout() / ".venv-tpu" / "bin" / "python")
+
+
 def checkout() -> Path:
     """The microparade checkout: ``$MICROPARADE_HOME``, else the one this package is in."""
     home = os.environ.get("MICROPARADE_HOME")

@@ -24,7 +24,7 @@ from ..storage import Store
 from .plan import pending_stages
 from .query import job_state, queued_jobs
 from .records import read_jobs, record_job
-from .resources import submitit_params
+from .resources import stage_python, submitit_params
 
 log = logging.getLogger("microparade")
 
@@ -139,7 +139,8 @@ def submit(config: str, overrides: list[str], stages: list[str] | None = None) -
             submitted[spec.name] = item.active_job
             out.append(Submission(spec.name, item.active_job, already_queued=True))
             continue
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        python = stage_python(cfg, spec)  # e.g. the XLA environment for train on a TPU partition
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=python)
         params = submitit_params(cfg, spec)
         extra: dict[str, Any] = {}
         deps = [submitted[i] for i in spec.inputs if i in submitted]
