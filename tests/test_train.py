@@ -21,6 +21,7 @@ from microparade.engine import run_pipeline
 from microparade.metrics import compute_metrics
 from microparade.model.loader import ChunkLoader, LoaderState
 from microparade.recsys_format import TARGETS
+from tests.helpers.cli import run_cli
 
 #: Small, fast, deterministic training (tiny encoder, one thread).
 TRAIN = {
@@ -337,9 +338,14 @@ def test_dist_env_from_torchrun_and_slurm():
     assert first_host("node1") == "node1" and first_host("a[1-3],b2") == "a1" and first_host("x-y[003,5]") == "x-y003"
 
 
-def test_backend_errors_and_cpu():
-    with pytest.raises(BackendError, match="xla is not in this version"):
+def test_backend_errors_and_cpu(tmp_path):
+    # The default environment has no torch-xla: the error says how to get it.
+    with pytest.raises(BackendError, match=r"needs torch-xla.*bash env/install.sh tpu"):
         make_backend("xla")
+    # ... and `run` says so before running any stage.
+    proc = run_cli("run", "configs/demo.yaml", "train.backend=xla", f"run_dir={tmp_path / 'x'}", check=False)
+    assert proc.returncode != 0 and "train.backend=xla needs torch-xla" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "x" / "generate").exists()
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="no CUDA device"):
             make_backend("cuda")

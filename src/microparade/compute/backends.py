@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -271,6 +272,18 @@ class Backend:
         if self.distributed:
             return f"{self.name} ({where}), rank {self.rank} of {self.world_size} via {self.env.source}"
         return f"{self.name} ({where})"
+
+
+def require_backend(name: str, key: str) -> None:
+    """Fail now, before any stage runs, when backend ``name`` (config key ``key``) cannot work in
+    this Python: ``xla`` without torch-xla installed."""
+    if name == "xla":
+        import importlib.util
+
+        if importlib.util.find_spec("torch_xla") is None:
+            from .xla import INSTALL_HINT
+
+            raise BackendError(f"{key}=xla needs torch-xla, which this Python ({sys.executable}) lacks; {INSTALL_HINT}")
 
 
 def make_backend(name: str, environ: Mapping[str, str] | None = None) -> Backend:

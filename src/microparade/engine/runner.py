@@ -12,7 +12,7 @@ import time
 import traceback
 from typing import Any
 
-from ..compute.backends import process_rank
+from ..compute.backends import process_rank, require_backend
 from ..config import Config
 from ..errors import PreemptedError, StageError
 from ..storage import Store, format_bytes, parquet_rows
@@ -203,6 +203,10 @@ def run_pipeline(
         if until not in selected:
             raise StageError(f"--until {until!r} is not among the selected stages {selected}")
         selected = selected[: selected.index(until) + 1]
+    for name in selected:  # e.g. train.backend=xla without torch-xla: say so before hours of upstream work
+        backend = getattr(getattr(cfg, name, None), "backend", None)
+        if isinstance(backend, str):
+            require_backend(backend, f"{name}.backend")
     save_resolved_config(cfg, store)
     session = RunSession(cfg)
     outcome: dict[str, str] = {}
