@@ -490,3 +490,59 @@ def test_text_model_beats_features_only(tmp_path):
         f"pipeline to chunks {t_chunks:.0f}s, text model {seconds[True]:.0f}s, features-only {seconds[False]:.0f}s"
     )
     assert margin > 0
+
+
+def test_device_feeder_raises_source_errors_and_stops_early():
+    """The XLA backend's feeder (compute/xla.py) hands on every item in order, re-raises an error of
+    the source in the consumer (torch-xla's MpDeviceLoader would end the epoch silently), and
+    close() stops its thread when the consumer stops early."""
+    from microparade.compute.xla import DeviceFeeder
+
+    assert list(DeviceFeeder(iter(range(7)), lambda x: x * 10)) == [0, 10, 20, 30, 40, 50, 60]
+
+    def broken():
+        yield 1
+        raise ValueError("chunk 3 is corrupted")
+
+    feeder = DeviceFeeder(broken(), lambda x: x)
+    assert next(feeder) == 1
+    with pytest.raises(ValueError, match="chunk 3 is corrupted"):
+        next(feeder)
+
+    pulled = []
+
+    def endless():
+        i = 0
+        while True:
+            pulled.append(i)
+            yield i
+            i += 1
+
+    feeder = DeviceFeeder(endless(), lambda x: x, depth=2)
+    assert [next(feeder) for _ in range(3)] == [0, 1, 2]
+    feeder.close()
+    assert not feeder._thread.is_alive() and len(pulled) <= 3 + 2 + 1
+
+
+def test_stage_python_sends_xla_stages_to_the_xla_environment(tmp_path):
+    """Slurm jobs of stages with backend xla run .venv-tpu's Python (or $MICROPARADE_XLA_PYTHON);
+    `microparade config --python-for` is what slurm/common.sh asks."""
+    from microparade.config import build_config
+    from microparade.slurm.resources import stage_python
+    from tests.helpers.paths import ROOT
+
+    cfg = build_config({"run_dir": str(tmp_path)}, ["train.backend=xla"])
+    assert stage_python(cfg, "train") == str(ROOT / ".venv-tpu" / "bin" / "python")
+    assert stage_python(cfg, "evaluate") is None and stage_python(cfg, "chunks") is None
+    out = run_cli("config", "configs/demo.yaml", "train.backend=xla", "--python-for", "train").stdout
+    assert out.strip() == str(ROOT / ".venv-tpu" / "bin" / "python")
+    out = run_cli(
+        "config",
+        "configs/demo.yaml",
+        "evaluate.backend=xla",
+        "--python-for",
+        "evaluate",
+        env={"MICROPARADE_XLA_PYTHON": "/opt/xla/bin/python"},
+    ).stdout
+    assert out.strip() == "/opt/xla/bin/python"
+    assert run_cli("config", "configs/demo.yaml", "--python-for", "train").stdout.strip() == ""
