@@ -30,18 +30,7 @@ def _one_thread():
 
 
 def _chunks(n_features: int, history_size: int, max_length: int = 64) -> ChunksManifest:
-    """A parsed chunks manifest without chunks: what building a model needs."""
-    extra = {
-        "schema_version": 1,
-        "feature_names": [f"f{i}" for i in range(n_features)],
-        "normalization": {"mean": [0.5] * n_features, "std": [2.0] * n_features},
-        "history_size": history_size,
-        "max_length": max_length,
-        "encoder_tokenizer": "minilm",
-        "special_tokens": dict(h.SPECIAL_TOKENS),
-        "splits": {},
-    }
-    return ChunksManifest.from_dict({"files": [], "extra": extra}, "memory://model-test/chunks")
+    return h.model_chunks(n_features, history_size, max_length)
 
 
 def _examples(n: int, history_size: int = 6, seed: int = 0, empty_fraction: float = 0.7) -> Examples:

@@ -89,6 +89,23 @@ def chunk_table(
     return pa.table(cols)
 
 
+def model_chunks(n_features: int, history_size: int, max_length: int = 64):
+    """A parsed chunks manifest without chunks: what building a model needs."""
+    from microparade.stages.chunks.contract import ChunksManifest
+
+    extra = {
+        "schema_version": 1,
+        "feature_names": [f"f{i}" for i in range(n_features)],
+        "normalization": {"mean": [0.5] * n_features, "std": [2.0] * n_features},
+        "history_size": history_size,
+        "max_length": max_length,
+        "encoder_tokenizer": "minilm",
+        "special_tokens": dict(SPECIAL_TOKENS),
+        "splits": {},
+    }
+    return ChunksManifest.from_dict({"files": [], "extra": extra}, "memory://model-test/chunks")
+
+
 def run(ctx) -> None:
     """The test-only chunks stage: write ``_PENDING``'s tables as chunk files + manifest extra."""
     spec = _PENDING

@@ -24,17 +24,7 @@ B, H, F_, MAX_LEN = 16, 4, 5, 64
 
 
 def chunks() -> ChunksManifest:
-    extra = {
-        "schema_version": 1,
-        "feature_names": [f"f{i}" for i in range(F_)],
-        "normalization": {"mean": [0.5] * F_, "std": [2.0] * F_},
-        "history_size": H,
-        "max_length": MAX_LEN,
-        "encoder_tokenizer": "minilm",
-        "special_tokens": dict(h.SPECIAL_TOKENS),
-        "splits": {},
-    }
-    return ChunksManifest.from_dict({"files": [], "extra": extra}, "memory://xla-equivalence/chunks")
+    return h.model_chunks(F_, H, MAX_LEN)
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..recsys_format import TARGETS
-from ..stages.chunks.contract import SpecialTokens
+from ..stages.chunks.contract import ChunksManifest, SpecialTokens
 
 #: Sequence lengths are padded up to a multiple of this (the bucket ladder's step).
 BUCKET_STEP = 8
@@ -322,6 +322,20 @@ class ShapeBuckets:
         lo, hi = batch_size, batch_size * (1 + history_size)
         rows = sorted({_round_up(lo + -(-(hi - lo) * k // n_rows), multiple) for k in range(1, n_rows + 1)})
         return cls(tuple(rows), tuple(lengths))
+
+    @classmethod
+    def for_chunks(
+        cls, chunks: ChunksManifest, *, batch_size: int, rows: int, lengths: int, multiple: int
+    ) -> ShapeBuckets:
+        """The grid for batches of ``batch_size`` examples of these chunks (their H and max length)."""
+        return cls.make(
+            batch_size=batch_size,
+            history_size=chunks.history_size,
+            max_length=chunks.max_length,
+            n_rows=rows,
+            n_lengths=lengths,
+            multiple=multiple,
+        )
 
     def __len__(self) -> int:
         return len(self.rows) * len(self.lengths)

@@ -123,13 +123,8 @@ def run(ctx: StageContext) -> None:
     buckets = None
     if backend.static_shapes:
         sb = ctx.cfg.train.shape_buckets
-        buckets = ShapeBuckets.make(
-            batch_size=ec.batch_size,
-            history_size=chunks.history_size,
-            max_length=chunks.max_length,
-            n_rows=sb.rows,
-            n_lengths=sb.lengths,
-            multiple=backend.shape_multiple,
+        buckets = ShapeBuckets.for_chunks(
+            chunks, batch_size=ec.batch_size, rows=sb.rows, lengths=sb.lengths, multiple=backend.shape_multiple
         )
     ctx.log("predicting on %s", backend.describe())
     present = {split for split in chunks.splits if chunks.files(split)}

@@ -197,12 +197,11 @@ class Trainer:
         backend.prepare_optimizer(self.optimizer)
         self.static_shapes = self.tc.static_shapes or backend.static_shapes
         self.buckets = (
-            ShapeBuckets.make(
+            ShapeBuckets.for_chunks(
+                self.chunks,
                 batch_size=self.tc.batch_size,
-                history_size=self.chunks.history_size,
-                max_length=self.chunks.max_length,
-                n_rows=self.tc.shape_buckets.rows,
-                n_lengths=self.tc.shape_buckets.lengths,
+                rows=self.tc.shape_buckets.rows,
+                lengths=self.tc.shape_buckets.lengths,
                 multiple=backend.shape_multiple,
             )
             if self.static_shapes and self.tc.encoding == "efficient"
