@@ -241,7 +241,6 @@ def launched(slurm, tmp_path_factory) -> Launched:
         (p / "logs").mkdir(parents=True)
 
     a_out, a_jobs = run_pipeline_sh(*overrides(a))
-    x_out, x_jobs = run_pipeline_sh(*overrides(x, *XLA_OVERRIDES), env=XLA_ENV) if xla_python() else ("", {})
     b_out, b_jobs = run_submit(*overrides(b))
     c_out, c_jobs = run_pipeline_sh(*overrides(c, "data.generate=null", "data.raw.train=/nonexistent/*"))
 
@@ -341,6 +340,8 @@ def launched(slurm, tmp_path_factory) -> Launched:
     )
     a_requeue.start()
     b_usr2.start()
+    # Last: submitting it must not delay the interrupters, which watch A's and B's train jobs.
+    x_out, x_jobs = run_pipeline_sh(*overrides(x, *XLA_OVERRIDES), env=XLA_ENV) if xla_python() else ("", {})
     return Launched(
         base,
         a,
