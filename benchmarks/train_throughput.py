@@ -302,7 +302,7 @@ def xla_child(args) -> int:
     import torch_xla
     import torch_xla.core.xla_model as xm
 
-    from microparade.compute.backends import make_backend
+    from microparade.compute.factory import make_backend
 
     spec_path = Path(args.xla_child)
     spec = json.loads(spec_path.read_text())

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 import tests.helpers.train as h
-from microparade.compute.backends import BackendError, dist_env, first_host, make_backend
+from microparade.compute.backends import BackendError, dist_env, first_host
+from microparade.compute.factory import make_backend
 from microparade.engine import run_pipeline
 from microparade.metrics import compute_metrics
 from microparade.model.loader import ChunkLoader, LoaderState

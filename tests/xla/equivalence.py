@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import tests.helpers.train as h
-from microparade.compute.backends import make_backend
+from microparade.compute.factory import make_backend
 from microparade.config import ModelConfig
 from microparade.model import build_model, encode_batch
 from microparade.model.batching import Examples, ShapeBuckets, SpecialTokens

@@ -9,6 +9,8 @@ checkpoints) is device-agnostic and only talks to this interface.
 - ``xla``: torch-xla SPMD over every XLA device of the host, one process per host, static-shape
   batches (:mod:`microparade.compute.xla`; needs the ``.venv-tpu`` environment).
 
+:func:`microparade.compute.factory.make_backend` builds the backend a config names.
+
 The distributed layout comes from the launcher's environment (:func:`dist_env`): torchrun's
 ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``, or Slurm's
 ``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS`` / ``SLURM_LOCALID`` inside an srun step (never in the
@@ -22,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -272,41 +273,3 @@ class Backend:
         if self.distributed:
             return f"{self.name} ({where}), rank {self.rank} of {self.world_size} via {self.env.source}"
         return f"{self.name} ({where})"
-
-
-def require_backend(name: str, key: str) -> None:
-    """Fail now, before any stage runs, when backend ``name`` (config key ``key``) cannot work in
-    this Python: ``xla`` without torch-xla installed."""
-    if name == "xla":
-        import importlib.util
-
-        if importlib.util.find_spec("torch_xla") is None:
-            from .xla import INSTALL_HINT
-
-            raise BackendError(f"{key}=xla needs torch-xla, which this Python ({sys.executable}) lacks; {INSTALL_HINT}")
-
-
-def make_backend(name: str, environ: Mapping[str, str] | None = None) -> Backend:
-    """The backend ``name`` (``train.backend``) for this process; not yet set up."""
-    import torch
-
-    env = dist_env(environ)
-    if name == "cpu":
-        return Backend("cpu", env, torch.device("cpu"), "gloo")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise BackendError(
-                "train.backend=cuda but torch sees no CUDA device (is this a GPU node with a CUDA build of torch?)"
-            )
-        n = torch.cuda.device_count()
-        if env.local_rank >= n:
-            raise BackendError(f"local rank {env.local_rank} has no GPU: this node has {n}; launch one process per GPU")
-        # Deterministic cuBLAS needs this before the first CUDA call (torch.use_deterministic_algorithms).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.cuda.set_device(env.local_rank)
-        return Backend("cuda", env, torch.device("cuda", env.local_rank), "nccl")
-    if name == "xla":
-        from .xla import XlaBackend
-
-        return XlaBackend(env)
-    raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")

@@ -12,7 +12,8 @@ import time
 import traceback
 from typing import Any
 
-from ..compute.backends import process_rank, require_backend
+from ..compute.backends import process_rank
+from ..compute.factory import require_backend
 from ..config import Config
 from ..errors import PreemptedError, StageError
 from ..storage import Store, format_bytes, parquet_rows

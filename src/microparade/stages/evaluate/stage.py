@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ...compute.backends import Backend, available_cpus, make_backend
+from ...compute.backends import Backend, available_cpus
+from ...compute.factory import make_backend
 from ...engine.context import StageContext
 from ...errors import StageError
 from ...metrics import compute_metrics

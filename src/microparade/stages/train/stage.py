@@ -51,7 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...compute.backends import Backend, available_cpus, make_backend
+from ...compute.backends import Backend, available_cpus
+from ...compute.factory import make_backend
 from ...engine.context import StageContext
 from ...errors import PreemptedError, StageError
 from ...model import build_model, encode_batch, model_bundle
