@@ -367,8 +367,8 @@ def launched(slurm, tmp_path_factory) -> Launched:
     )
 
 
-def _assert_all_done_under_slurm(run: Path, jobs: dict[str, str], launcher: str) -> None:
-    rows = status_json(*overrides(run))
+def _assert_all_done_under_slurm(run: Path, jobs: dict[str, str], launcher: str, *extra: str) -> None:
+    rows = status_json(*overrides(run, *extra))
     assert list(rows) == STAGES
     for stage in STAGES:
         row = rows[stage]
@@ -518,13 +518,15 @@ def test_interrupted_training_resumes_from_its_checkpoint_and_matches_an_uninter
     assert [state for _, state in runs] == ["REQUEUED", "REQUEUED", "COMPLETED"], runs
     log = (a / "logs" / f"mp-train-{a_train}.out").read_text()
     assert all(seen in log for seen in a_seen)
-    assert re.findall(r"stage train on node\d \(nodes: node\d, tasks 1, restart (\d)\)$", log, flags=re.M) == [
+    assert re.findall(
+        r"stage train on node\d \(nodes: node\d, tasks 1, restart (\d), python \S+\)$", log, flags=re.M
+    ) == [
         "0",
         "1",
         "2",
     ], log[-6000:]
     first, second, third = re.split(
-        r"^.*stage train on node\d \(nodes: node\d, tasks 1, restart \d\)$", log, flags=re.M
+        r"^.*stage train on node\d \(nodes: node\d, tasks 1, restart \d, python \S+\)$", log, flags=re.M
     )[1:]
     assert "SIGUSR2: asking train to checkpoint" in first, first[-3000:]
     assert f"train stopped early (exit 124 after SIGUSR2); requeueing job {a_train}" in first, first[-3000:]
@@ -584,4 +586,4 @@ def test_xla_train_and_evaluate_run_on_the_tpu_partition(launched):
     assert 1 <= train["compilations"] <= 2
     report = (x / "run" / "report" / "index.html").read_text()
     assert "xla" in report
-    _assert_all_done_under_slurm(x, launched.x_jobs, "sbatch")
+    _assert_all_done_under_slurm(x, launched.x_jobs, "sbatch", *XLA_OVERRIDES)
