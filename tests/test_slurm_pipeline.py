@@ -381,7 +381,7 @@ def _assert_all_done_under_slurm(run: Path, jobs: dict[str, str], launcher: str,
     recorded = json.loads((run / "run" / "_slurm" / "jobs.json").read_text())
     assert {s: [e["job_id"] for e in recorded[s]] for s in STAGES} == {s: [jobs[s]] for s in STAGES}
     assert {e["launcher"] for entries in recorded.values() for e in entries} == {launcher}
-    table = run_cli("status", CONFIG, *overrides(run)).stdout
+    table = run_cli("status", CONFIG, *overrides(run, *extra)).stdout
     header = table.splitlines()[1].split()
     assert header[header.index("fingerprint") + 1 :][:3] == ["slurm_job", "slurm_state", "elapsed"], table
     for stage in STAGES:
