@@ -402,6 +402,12 @@ class Config(Section):
             return node.model_dump(mode="json")
         return node
 
+    def stage_backend(self, stage: str) -> str | None:
+        """The torch backend stage ``stage`` computes on (``train.backend``, ``evaluate.backend``),
+        or None for a stage without one."""
+        backend = getattr(getattr(self, stage, None), "backend", None)
+        return backend if isinstance(backend, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

@@ -205,8 +205,8 @@ def run_pipeline(
             raise StageError(f"--until {until!r} is not among the selected stages {selected}")
         selected = selected[: selected.index(until) + 1]
     for name in selected:  # e.g. train.backend=xla without torch-xla: say so before hours of upstream work
-        backend = getattr(getattr(cfg, name, None), "backend", None)
-        if isinstance(backend, str):
+        backend = cfg.stage_backend(name)
+        if backend is not None:
             require_backend(backend, f"{name}.backend")
     save_resolved_config(cfg, store)
     session = RunSession(cfg)

@@ -147,9 +147,7 @@ XLA_PYTHON_ENV = "MICROPARADE_XLA_PYTHON"
 def stage_python(cfg: Config, stage: str | StageSpec) -> str | None:
     """The Python a stage's job must run, when not the default one: the XLA environment's
     (``bash env/install.sh tpu``) for a stage whose config section says ``backend: xla``."""
-    spec = spec_of(cfg, stage)
-    section = getattr(cfg, spec.name, None)
-    if getattr(section, "backend", None) != "xla":
+    if cfg.stage_backend(spec_of(cfg, stage).name) != "xla":
         return None
     return os.environ.get(XLA_PYTHON_ENV) or str(checkout() / ".venv-tpu" / "bin" / "python")
 
