@@ -24,18 +24,7 @@ from microparade.model.loader import ChunkLoader, LoaderState
 from microparade.recsys_format import TARGETS
 from tests.helpers.cli import run_cli
 
-#: Small, fast, deterministic training (tiny encoder, one thread).
-TRAIN = {
-    "model.encoder": "tiny",
-    "model.dropout": 0.1,
-    "train.batch_size": 8,
-    "train.lr": 0.001,
-    "train.warmup_steps": 3,
-    "train.log_every": 2,
-    "train.checkpoint_every": 1000,
-    "train.num_threads": 1,
-    "train.seed": 5,
-}
+TRAIN = h.TRAIN
 SPLITS = {"train": [40, 33, 25], "valid": [30], "test": [12]}
 
 

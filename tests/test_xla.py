@@ -24,16 +24,8 @@ pytestmark = pytest.mark.xla
 
 #: Tiny model, 2 epochs of 12 steps; at most 2 x 2 shape buckets to keep compilation short.
 SETTINGS = {
-    "model.encoder": "tiny",
-    "model.dropout": 0.1,
+    **h.TRAIN,
     "train.backend": "xla",
-    "train.batch_size": 8,
-    "train.lr": 0.001,
-    "train.warmup_steps": 3,
-    "train.log_every": 2,
-    "train.checkpoint_every": 1000,
-    "train.num_threads": 1,
-    "train.seed": 5,
     "train.epochs": 2,
     "train.shape_buckets.rows": 2,
     "train.shape_buckets.lengths": 2,

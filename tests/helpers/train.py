@@ -28,6 +28,19 @@ SPECIAL_TOKENS = {"cls": 101, "sep": 102, "pad": 0, "unk": 100, "link": 1000}
 #: Content token ids drawn from MiniLM's whole-word range.
 VOCAB_RANGE = (1996, 29000)
 
+#: Small, fast, deterministic training settings (tiny encoder, one thread), as config overrides.
+TRAIN = {
+    "model.encoder": "tiny",
+    "model.dropout": 0.1,
+    "train.batch_size": 8,
+    "train.lr": 0.001,
+    "train.warmup_steps": 3,
+    "train.log_every": 2,
+    "train.checkpoint_every": 1000,
+    "train.num_threads": 1,
+    "train.seed": 5,
+}
+
 #: What :func:`run` writes; set by :func:`publish_chunks` (the stage runs in this process).
 _PENDING: dict[str, Any] = {}
 
