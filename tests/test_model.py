@@ -389,3 +389,51 @@ def test_efficient_equals_naive_on_cuda():
         c = cpu(encode_batch(ex, specials=SPECIALS, max_length=64))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.cpu(), c, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("heads", ["single", "multi"])
+def test_prior_initialised_output_gives_the_prior_entropy(heads):
+    """Output biases at the positive rates' log-odds: the initial loss is the labels' entropy (±1%)."""
+    rates = np.array([0.4, 0.09, 0.03, 0.007])
+    model = build_model(ModelConfig(encoder="tiny", heads=heads), _chunks(5, 6), seed=3)
+    model.init_output(tuple(np.log(rates / (1 - rates))))
+    ex = _examples(400, seed=4)
+    mb = encode_batch(ex, specials=SPECIALS, max_length=64)
+    n = len(ex)
+    labels = torch.zeros(n, 4)
+    for j, r in enumerate(rates):  # exactly the rates: the entropy is the best constant loss
+        labels[: round(r * n), j] = 1.0
+    model.train()  # dropout on, as in the first training step
+    with torch.no_grad():
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(mb), labels, reduction="none").mean(0)
+    realised = labels.mean(0).numpy()
+    entropy = -realised * np.log(realised) - (1 - realised) * np.log(1 - realised)
+    assert np.allclose(loss.numpy(), entropy, rtol=0.01), (loss, entropy)
+    # without it the heads start near p = 0.5: about log 2 per engagement
+    fresh = build_model(ModelConfig(encoder="tiny", heads=heads), _chunks(5, 6), seed=3).train()
+    with torch.no_grad():
+        start = torch.nn.functional.binary_cross_entropy_with_logits(fresh(mb), labels, reduction="none").mean(0)
+    assert start.mean().item() > 2 * entropy.mean()
+
+
+def test_feature_transform_logs_heavy_tails_only():
+    model = build_model(ModelConfig(encoder="tiny", use_text=False), _chunks(4, 2), seed=0)
+    rng = np.random.default_rng(0)
+    n = 20000
+    counts = np.floor(rng.lognormal(2.0, 1.5, n))  # heavy-tailed count
+    flag = (rng.random(n) < 0.02).astype(float)  # rare flag: skewed but two-valued
+    normal = rng.normal(3.0, 2.0, n)
+    lag = np.where(rng.random(n) < 0.9, 0.0, rng.standard_cauchy(n) * 100)  # mostly 0, wild tails
+    sample = torch.tensor(np.stack([counts, flag, normal, lag], axis=1), dtype=torch.float32)
+    assert model.fit_feature_transform(sample) == [0, 3]
+    out = model.normalise_features(sample)
+    assert out.abs().max() <= 8.0
+    assert torch.allclose(out[:, 2].mean(), torch.tensor(0.0), atol=1e-3)
+    assert torch.allclose(out[:, 2].std(), torch.tensor(1.0), atol=1e-3)
+    # log-scaled counts are far less skewed than the raw ones
+    logged = np.log1p(counts)
+    assert abs(((logged - logged.mean()) ** 3).mean() / logged.std() ** 3) < 1
+    # saved with the weights: a rebuilt model applies the same transform
+    chunks = _chunks(4, 2)
+    bundle = model_bundle(model, ModelConfig(encoder="tiny", use_text=False), chunks)
+    assert torch.equal(load_model_bundle(bundle).normalise_features(sample), out)

@@ -55,7 +55,12 @@ def _state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "examples_per_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("examples_per_s", "seconds")} for r in records]
+
+
+def _validations(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "train" / "validation.jsonl").read_text().splitlines()
+    return _without_timing([json.loads(line) for line in lines])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,6 +91,7 @@ def test_train_outputs_and_determinism(tmp_path, stages):
         "loss_reply",
         "loss_quote",
         "lr",
+        "lr_head",
         "examples_per_s",
         "data_efficiency",
     }
@@ -93,7 +99,10 @@ def test_train_outputs_and_determinism(tmp_path, stages):
         assert r["loss"] == pytest.approx(np.mean([r[f"loss_{t}"] for t in TARGETS]))
     # warm-up: lr of step s is lr * s / 3 for s <= 3 (record at step 2 = the lr used in step 2)
     assert records[0]["lr"] == pytest.approx(0.001 * 2 / 3) and records[1]["lr"] == pytest.approx(0.001)
-    assert records[-1]["loss"] < records[0]["loss"]
+    # prior-initialised heads: the first steps' loss is the labels' entropy, not log 2 = 0.693
+    rates = np.array([0.4, 0.1, 0.03, 0.01])
+    entropy = float(np.mean(-rates * np.log(rates) - (1 - rates) * np.log(1 - rates)))
+    assert abs(records[0]["loss"] - entropy) < 0.1 and records[0]["lr_head"] == pytest.approx(0.001 * 2 / 3)
     assert extra["final_loss"] == records[-1]["loss"]
     # the model file rebuilds the network
     bundle = torch.load(run / "train" / "model.pt", weights_only=True)
@@ -155,7 +164,8 @@ def _write_yaml(path: Path, run_dir: Path, overrides: dict) -> Path:
 
 def test_sigusr2_checkpoint_and_exact_resume(tmp_path, stages):
     """Preempt a CLI run with SIGUSR2 mid-epoch, rerun it: same weights and metrics as no preemption."""
-    settings = {**TRAIN, "train.epochs": 2, "runner.keep_work": True}
+    # with model selection on: the validations and the best model survive the preemption too
+    settings = {**TRAIN, "train.epochs": 2, "runner.keep_work": True, "train.eval_every": 3, "train.eval_rows": 20}
     ref, run = tmp_path / "ref", tmp_path / "run"
     _publish(ref)
     _publish(run)
@@ -203,6 +213,10 @@ def test_sigusr2_checkpoint_and_exact_resume(tmp_path, stages):
     m_run = json.loads((run / "train" / "_MANIFEST.json").read_text())["extra"]
     m_ref = json.loads((ref / "train" / "_MANIFEST.json").read_text())["extra"]
     assert m_run["examples"] == m_ref["examples"] == 196 and m_run["steps"] == 26
+    for name in ("model.pt", "model_last.pt"):
+        assert (run / "train" / name).read_bytes() == (ref / "train" / name).read_bytes(), name
+    assert _validations(run) == _validations(ref) and [v["step"] for v in _validations(ref)] == [*range(3, 25, 3), 26]
+    assert m_run["selection"] == m_ref["selection"] and m_run["selection"]["validations"] == 9
 
     # The loader position saved at preemption splits the epoch exactly: the examples trained before
     # it plus those read after it are the uninterrupted sequence, nothing skipped or repeated.
@@ -260,15 +274,19 @@ def test_train_with_minilm(tmp_path, stages):
 def test_evaluate_predictions_and_metrics(tmp_path, stages):
     run = tmp_path / "run"
     _publish(run, {"train": [30], "valid": [25, 20], "test": [12]})
-    _run(run, {"train.max_steps": 3, "evaluate.splits": ["train", "valid", "test"]}, only=None)
+    # calibration (tests/test_calibration.py) off: every row scored, the final probabilities are the raw ones
+    no_cal = {"train.max_steps": 3, "evaluate.calibration": "none"}
+    _run(run, {**no_cal, "evaluate.splits": ["train", "valid", "test"]}, only=None)
     ev = run / "evaluate"
     manifest = json.loads((ev / "_MANIFEST.json").read_text())
     metrics = json.loads((ev / "metrics.json").read_text())
     assert set(metrics) == {"train", "valid"}  # test is unlabelled
-    assert manifest["extra"] == metrics
+    assert {k: manifest["extra"][k] for k in metrics} == metrics and manifest["extra"]["model"] == "best"
     for split, n in (("train", 30), ("valid", 45), ("test", 12)):
         t = pq.read_table(ev / "predictions" / f"{split}.parquet")
-        assert t.column_names == ["row_id", "tweet_id", "b_user_id", *TARGETS]
+        raw = [f"{c}_raw" for c in TARGETS]
+        assert t.column_names == ["row_id", "tweet_id", "b_user_id", *TARGETS, *raw, "calibration_holdout"]
+        assert t.select(TARGETS).rename_columns(raw) == t.select(raw) and not any(t["calibration_holdout"].to_pylist())
         rows = t.column("row_id").to_pylist()
         assert rows == sorted(rows) and len(rows) == n
         probs = np.stack([t.column(c).to_numpy() for c in TARGETS], 1)
@@ -283,9 +301,9 @@ def test_evaluate_predictions_and_metrics(tmp_path, stages):
         assert metrics[split] == json.loads(json.dumps(expected))
         assert metrics[split]["rows"] == n
     # an absent split is skipped, not an error
-    _run(run, {"train.max_steps": 3, "evaluate.splits": ["valid"]}, only="evaluate")
+    _run(run, {**no_cal, "evaluate.splits": ["valid"]}, only="evaluate")
     files = json.loads((ev / "_MANIFEST.json").read_text())["files"]
-    assert sorted(f["path"] for f in files) == ["metrics.json", "predictions/valid.parquet"]
+    assert sorted(f["path"] for f in files) == ["calibration.json", "metrics.json", "predictions/valid.parquet"]
     assert set(json.loads((ev / "metrics.json").read_text())) == {"valid"}
 
 
@@ -426,7 +444,8 @@ def test_end_to_end_on_generated_data(tmp_path):
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert set(metrics) == {"valid"}
     valid_rows = chunks["extra"]["splits"]["valid"]["rows"]
-    assert metrics["valid"]["rows"] == valid_rows
+    fit_rows = json.loads((run / "evaluate" / "calibration.json").read_text())["fit_rows"]
+    assert 0 < fit_rows < valid_rows and metrics["valid"]["rows"] == valid_rows - fit_rows  # platt by default
     assert 0 < metrics["valid"]["ap"]["avg"] < 1
     for split in ("valid", "test"):
         t = pq.read_table(run / "evaluate" / "predictions" / f"{split}.parquet")
@@ -536,3 +555,53 @@ def test_stage_python_sends_xla_stages_to_the_xla_environment(tmp_path):
     ).stdout
     assert out.strip() == "/opt/xla/bin/python"
     assert run_cli("config", "configs/demo.yaml", "--python-for", "train").stdout.strip() == ""
+
+
+def test_parameter_groups_and_schedule():
+    """Encoder at train.lr, layers from scratch at train.head_lr; no decay on biases, norms, embeddings."""
+    from microparade.config import ModelConfig, TrainConfig
+    from microparade.model import build_model
+    from microparade.stages.train.optim import build_optimizer, lr_factor
+
+    model = build_model(ModelConfig(encoder="tiny"), h.model_chunks(5, 4), seed=0)
+    tc = TrainConfig(lr=2e-5, head_lr=3e-3, weight_decay=0.1, warmup_steps=2, schedule="cosine")
+    opt, sched = build_optimizer(model, tc, total_steps=10)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"encoder", "encoder_no_decay", "head", "head_no_decay"}
+    names = {id(p): n for n, p in model.named_parameters()}
+    members = {k: {names[id(p)] for p in g["params"]} for k, g in groups.items()}
+    assert all(n.startswith("encoder.") for n in members["encoder"] | members["encoder_no_decay"])
+    assert not any(n.startswith("encoder.") for n in members["head"] | members["head_no_decay"])
+    assert sum(len(m) for m in members.values()) == len(names)  # every parameter exactly once
+    assert "encoder.embeddings.word_embeddings.weight" in members["encoder_no_decay"]
+    assert {"hour_embedding.weight", "empty_slot"} <= members["head_no_decay"]
+    assert all(n.endswith("weight") for n in members["head"] | members["encoder"])
+    assert not any("norm" in n.lower() for n in members["head"] | members["encoder"])
+    assert groups["encoder"]["weight_decay"] == groups["head"]["weight_decay"] == 0.1
+    assert groups["encoder_no_decay"]["weight_decay"] == groups["head_no_decay"]["weight_decay"] == 0.0
+    seen = []
+    for _ in range(10):
+        seen.append({k: g["lr"] for k, g in zip(groups, opt.param_groups)})
+        opt.step()
+        sched.step()
+    assert seen[0]["encoder"] == pytest.approx(1e-5) and seen[0]["head"] == pytest.approx(1.5e-3)  # warm-up
+    assert seen[2]["encoder"] == pytest.approx(2e-5) and seen[2]["head"] == pytest.approx(3e-3)  # peak
+    assert seen[9]["head"] == pytest.approx(3e-3 * 0.5 * (1 + np.cos(np.pi * 7 / 8)))  # cosine decay
+    assert [lr_factor(s, 0, 4, "linear") for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert [lr_factor(s, 0, 4, "constant") for s in range(4)] == [1.0] * 4
+
+
+def test_freeze_encoder_keeps_the_top_layers_trainable():
+    from microparade.config import ModelConfig, TrainConfig
+    from microparade.model import build_model
+    from microparade.stages.train.optim import build_optimizer, freeze_encoder
+
+    model = build_model(ModelConfig(encoder="tiny"), h.model_chunks(5, 4), seed=0)
+    n_layers = model.encoder.config.num_hidden_layers
+    assert freeze_encoder(model, 1) > 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("encoder.embeddings.") for n in trainable)
+    assert {n.split(".")[3] for n in trainable if n.startswith("encoder.encoder.layer.")} == {str(n_layers - 1)}
+    opt, _ = build_optimizer(model, TrainConfig(), total_steps=1)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(trainable)
+    assert freeze_encoder(build_model(ModelConfig(encoder="tiny"), h.model_chunks(5, 4)), -1) == 0

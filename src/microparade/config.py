@@ -248,6 +248,10 @@ class ModelConfig(Section):
     compress_dim: int = Field(192, ge=8)
     #: Hidden width of the output feed-forward net.
     hidden_dim: int = Field(192, ge=8)
+    #: Feature transform: ``log`` (fitted by train on a training sample: heavy-tailed features
+    #: log-scaled, all standardised and clipped to ±8) or ``standard`` (the features stage's
+    #: mean/std only).
+    feature_transform: Literal["standard", "log"] = "log"
 
 
 class ShapeBucketsConfig(Section):
@@ -264,14 +268,27 @@ class TrainConfig(Section):
     #: ``efficient``: only valid pairs, length-bucketed under a token budget; ``naive``: every slot
     #: padded to the longest possible pair, 2 × ``text.max_length`` (the paper's way).
     encoding: Literal["efficient", "naive"] = "efficient"
-    #: Optimizer.
-    optimizer: Literal["adam", "adamw"] = "adam"
-    #: Peak learning rate (the paper: 1e-5).
+    #: Optimizer. ``adamw`` decays decoupled from the gradient; ``adam`` adds an L2 term to it.
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    #: Peak learning rate of the pre-trained encoder (the paper: 1e-5).
     lr: float = Field(1e-5, gt=0)
-    #: Weight decay.
-    weight_decay: float = Field(0.0, ge=0)
-    #: Linear warm-up steps.
+    #: Peak learning rate of everything trained from scratch: aggregator, heads, the hour and
+    #: empty-slot embeddings (and the whole features-only model).
+    head_lr: float = Field(1e-3, gt=0)
+    #: Weight decay, on the weight matrices only (never on biases, LayerNorm or embeddings).
+    weight_decay: float = Field(0.01, ge=0)
+    #: Linear warm-up steps (from 0 to the peak rates).
     warmup_steps: int = Field(0, ge=0)
+    #: Learning-rate decay after the warm-up, to 0 at the last step: ``linear``, ``cosine`` or
+    #: ``constant`` (no decay).
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    #: Encoder layers fine-tuned, counted from the top: -1 = all (and the embeddings), 0 = a frozen
+    #: encoder, k = the top k transformer layers. Frozen layers run forward only, which makes a
+    #: step several times cheaper on CPUs (see docs/training.md).
+    encoder_trainable_layers: int = Field(-1, ge=-1)
+    #: Initialise the output biases to the log-odds of the training split's positive rates (the
+    #: initial loss is then the prior's entropy instead of log 2 per engagement).
+    prior_init: bool = True
     #: Examples per optimizer step (per process).
     batch_size: int = Field(32, ge=1)
     #: Passes over the training chunks.
@@ -282,6 +299,14 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, ge=0)
     #: Seed of model init, dropout and the chunk order (CPU runs are bit-reproducible).
     seed: int = 0
+    #: Score a fixed sample of validation rows (``eval_rows``) every N steps and at the last step;
+    #: ``model.pt`` is then the model of the best valid average AP. 0 = no validation (``model.pt``
+    #: is the last model). Needs chunks of the ``valid`` split.
+    eval_every: int = Field(0, ge=0)
+    #: Validation rows scored at every ``eval_every`` (a seeded sample, the same at every evaluation).
+    eval_rows: int = Field(2000, ge=1)
+    #: Stop early after this many validations without a new best (0 = never).
+    patience: int = Field(0, ge=0)
     #: Checkpoint every N steps (and on SIGUSR2/SIGTERM).
     checkpoint_every: int = Field(200, ge=1)
     #: Log metrics (metrics.jsonl, TensorBoard) every N steps.
@@ -308,6 +333,16 @@ class EvaluateConfig(Section):
     backend: Literal["cpu", "cuda", "xla"] = "cpu"
     #: Max tokens per encoder call (efficient encoding, as train.token_budget).
     token_budget: int = Field(8192, ge=64)
+    #: Model to score: ``best`` (``model.pt``, the best validation AP when ``train.eval_every`` is
+    #: on, else the last) or ``last`` (``model_last.pt``).
+    model: Literal["best", "last"] = "best"
+    #: Per-engagement probability calibration fit on a held-out part of the valid split
+    #: (``calibration_fraction`` of its rows, chosen by row id) and applied to every split's
+    #: predictions: ``isotonic``, ``platt`` (logistic on the logit) or ``none``. The valid
+    #: metrics are then computed on the other rows only.
+    calibration: Literal["none", "isotonic", "platt"] = "platt"
+    #: Share of the valid split's rows held out to fit the calibrators.
+    calibration_fraction: float = Field(0.5, gt=0, lt=1)
 
 
 class ReportConfig(Section):
@@ -319,6 +354,9 @@ class ReportConfig(Section):
     seed: int = 0
     #: OpenMP threads of the baseline's trees (0 = the CPUs this process may run on).
     baseline_threads: int = Field(0, ge=0)
+    #: Paired bootstrap resamples of the evaluation rows behind every model-vs-baseline
+    #: difference's 95% interval (0 = no intervals).
+    bootstrap: int = Field(1000, ge=0)
 
 
 class SlurmStageConfig(Section):

@@ -42,11 +42,15 @@ def build_model(model_cfg: Any, chunks: ChunksManifest, seed: int = 0) -> MicroP
     )
 
 
-def model_bundle(model: MicroParade, model_cfg: Any, chunks: ChunksManifest) -> dict[str, Any]:
-    """The ``model.pt`` content for ``model`` trained on ``chunks`` (see the module docstring)."""
+def model_bundle(
+    model: MicroParade, model_cfg: Any, chunks: ChunksManifest, state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
+    """The ``model.pt`` content for ``model`` trained on ``chunks`` (see the module docstring), with
+    the weights ``state_dict`` when given (e.g. an earlier, better state of the same model)."""
+    state = model.state_dict() if state_dict is None else state_dict
     return {
         "format": MODEL_FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
         "model_config": model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(model_cfg),
         "encoder_config": encoder_config(model.encoder) if model.use_text else None,
         "feature_names": list(chunks.feature_names),

@@ -17,8 +17,10 @@ Per example:
    (``heads: multi``). Every FF layer is Linear → LayerNorm → ReLU → Dropout.
 
 ``use_text: false`` is the features-only ablation: no encoder, no aggregator, only the output FF on
-the normalised features. Feature normalisation (the features stage's training-split mean/std) lives
-in buffers, so a saved ``state_dict`` carries it.
+the normalised features. Feature normalisation lives in buffers, so a saved ``state_dict`` carries
+it: the features stage's training-split mean/std, or with ``model.feature_transform: log`` a
+transform fitted by the train stage on a training sample (:meth:`MicroParade.fit_feature_transform`:
+heavy-tailed features log-scaled, then standardised and clipped).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from .batching import ModelBatch
 N_TARGETS = len(TARGETS)
 #: Hour-of-day ids: 0..23, and 24 for unknown (padding slots).
 N_HOURS = 25
+#: Features with a training-sample skewness above this (in absolute value) are log-scaled.
+FEATURE_SKEW_LIMIT = 3.0
+#: Standardised features are clipped to ± this many standard deviations.
+FEATURE_CLIP = 8.0
 
 
 def _ff(in_dim: int, out_dim: int, dropout: float) -> list[nn.Module]:
@@ -77,6 +83,7 @@ class MicroParade(nn.Module):
     #: Feature normalisation, registered as buffers (saved with the weights).
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
+    feature_log: torch.Tensor
 
     def __init__(
         self,
@@ -104,6 +111,8 @@ class MicroParade(nn.Module):
             raise ValueError("feature normalisation stds must be positive")
         self.register_buffer("feature_mean", mean)
         self.register_buffer("feature_std", std)
+        #: Features fed through ``sign(x) log1p(|x|)`` before standardising (heavy-tailed ones).
+        self.register_buffer("feature_log", torch.zeros(n_features, dtype=torch.bool))
         self.use_text = encoder is not None
         self.use_time = use_time and self.use_text
         self.multi = heads == "multi"
@@ -159,6 +168,47 @@ class MicroParade(nn.Module):
             hidden_dim=c["hidden_dim"],
         )
 
+    def fit_feature_transform(self, sample: torch.Tensor, skew_limit: float = FEATURE_SKEW_LIMIT) -> list[int]:
+        """Fit the feature transform on a sample of training rows ``(N, F)``; the log-scaled indices.
+
+        A feature with more than two values whose sample skewness exceeds ``skew_limit`` in absolute
+        value (counts, count differences) is log-scaled; every feature is then standardised by the sample's mean and
+        std of the transformed values. Standardised values are clipped to ``±FEATURE_CLIP``.
+        """
+        x = sample.to(torch.float64)
+        centred = x - x.mean(0)
+        std = centred.pow(2).mean(0).sqrt()
+        skew = centred.pow(3).mean(0) / std.clamp_min(1e-12).pow(3)
+        two_valued = ((x == x.min(0).values) | (x == x.max(0).values)).all(0)  # flags: scaling them is moot
+        log = (skew.abs() > skew_limit) & ~two_valued
+        x = torch.where(log, x.sign() * x.abs().log1p(), x)
+        with torch.no_grad():
+            self.feature_log.copy_(log)
+            self.feature_mean.copy_(x.mean(0).float())
+            self.feature_std.copy_(x.std(0, unbiased=False).clamp_min(1e-6).float())
+        return [int(i) for i in torch.nonzero(log).flatten()]
+
+    def normalise_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The network's view of the features: log-scaled where fitted, standardised, clipped."""
+        x = torch.where(self.feature_log, features.sign() * features.abs().log1p(), features)
+        return ((x - self.feature_mean) / self.feature_std).clamp(-FEATURE_CLIP, FEATURE_CLIP)
+
+    def init_output(self, log_odds: list[float] | tuple[float, ...], weight_scale: float = 0.1) -> None:
+        """Start every engagement's logit at ``log_odds`` (its training positive rate's log-odds).
+
+        The output layers' biases take the log-odds and their weights are scaled by
+        ``weight_scale``, so the initial predictions are the positive rates up to small noise and
+        the initial loss is the prior's entropy: no early steps are spent learning the rates.
+        """
+        if len(log_odds) != N_TARGETS:
+            raise ValueError(f"init_output needs {N_TARGETS} log-odds, got {len(log_odds)}")
+        prior = torch.tensor(log_odds, dtype=torch.float32)
+        with torch.no_grad():
+            for i, head in enumerate(self.heads):
+                last = cast(nn.Linear, cast(nn.Sequential, head.output)[-1])
+                last.weight.mul_(weight_scale)
+                last.bias.copy_(prior[i : i + 1] if self.multi else prior)
+
     def slot_embeddings(self, batch: ModelBatch) -> torch.Tensor:
         """``(B, 1 + H, D)``: encoder [CLS] vectors scattered to their slots, empty slots learned.
 
@@ -192,7 +242,7 @@ class MicroParade(nn.Module):
         return torch.where(batch.slot_mask.unsqueeze(-1), emb, self.empty_slot)
 
     def forward(self, batch: ModelBatch) -> torch.Tensor:
-        features = (batch.features - self.feature_mean) / self.feature_std
+        features = self.normalise_features(batch.features)
         text = None
         if self.use_text:
             emb = self.slot_embeddings(batch)

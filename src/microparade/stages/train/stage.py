@@ -55,12 +55,14 @@ from ...compute.backends import Backend, available_cpus
 from ...compute.factory import make_backend
 from ...engine.context import StageContext
 from ...errors import PreemptedError, StageError
-from ...model import build_model, encode_batch, model_bundle
-from ...model.batching import ModelBatch, ShapeBuckets
+from ...model import MicroParade, build_model, encode_batch, model_bundle
+from ...model.batching import Examples, ModelBatch, ShapeBuckets
 from ...model.loader import Batch, ChunkLoader, LoaderState
 from ...recsys_format import TARGETS
 from ...storage import retry
 from ..chunks.contract import ChunksManifest
+from .optim import build_optimizer, freeze_encoder
+from .validation import Selection, Validator, summary
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -69,6 +71,8 @@ CHECKPOINT_FORMAT = "microparade.train-checkpoint/1"
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
 STOP_SIGNALS = ("SIGUSR2", "SIGTERM")
+#: Training rows (the first, in chunk order: a seeded random sample) the feature transform is fit on.
+FEATURE_SAMPLE_ROWS = 50_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +180,18 @@ def _efficiency(valid: float, encoded: float) -> float | None:
     return round(valid / encoded, 6) if encoded else None
 
 
+def feature_sample(chunks: ChunksManifest, rows: int, storage_options: dict[str, Any] | None) -> torch.Tensor:
+    """The features of the first ``rows`` training rows in chunk order, ``(N, F)``."""
+    parts, n = [], 0
+    with ChunkLoader(chunks, "train", batch_size=4096, shuffle=False, storage_options=storage_options) as loader:
+        for batch in loader.epoch(0):
+            parts.append(batch.examples.features)
+            n += len(batch)
+            if n >= rows:
+                break
+    return torch.from_numpy(np.concatenate(parts)[:rows])
+
+
 # ----------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------
@@ -191,11 +207,8 @@ class Trainer:
 
         seed_everything(self.tc.seed)
         backend.seed(self.tc.seed)
-        self.model = build_model(self.cfg.model, self.chunks, seed=self.tc.seed)
+        self.model = self._fresh_model()
         self.module = backend.wrap(self.model)
-        opt_cls = torch.optim.AdamW if self.tc.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
-        backend.prepare_optimizer(self.optimizer)
         self.static_shapes = self.tc.static_shapes or backend.static_shapes
         self.buckets = (
             ShapeBuckets.for_chunks(
@@ -207,10 +220,6 @@ class Trainer:
             )
             if self.static_shapes and self.tc.encoding == "efficient"
             else None
-        )
-        warmup = self.tc.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
         self.loader = ChunkLoader(
             self.chunks,
@@ -234,6 +243,22 @@ class Trainer:
             )
         total = per_epoch * self.tc.epochs
         self.total_steps = min(total, self.tc.max_steps) if self.tc.max_steps else total
+        self.optimizer, self.scheduler = build_optimizer(self.model, self.tc, self.total_steps)
+        backend.prepare_optimizer(self.optimizer)
+        #: The validation sample (main process only; None without ``train.eval_every``).
+        self.validator = (
+            Validator(
+                self.chunks,
+                self.tc.eval_rows,
+                self.tc.batch_size,
+                self.encode,
+                ctx.store.storage_options,
+                pad_batches=self.buckets is not None,
+            )
+            if self.tc.eval_every and backend.is_main
+            else None
+        )
+        self.selection = Selection()
 
         # progress state (restored from a checkpoint)
         self.step = 0
@@ -241,7 +266,7 @@ class Trainer:
         self.records: list[dict[str, Any]] = []
         self.interval = Interval()
         self.totals = {"examples": 0, "valid_tokens": 0, "encoded_tokens": 0}
-        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.last_lr = self._lrs()
         #: Steps whose loss is still a device tensor: read back at the next record or checkpoint, so
         #: an asynchronous device is not waited for at every step.
         self.pending: list[tuple[torch.Tensor, int, int, int]] = []
@@ -250,6 +275,25 @@ class Trainer:
         #: Examples since the interval timer started (not checkpointed: a resumed run's first
         #: interval is timed from the resume on).
         self.timed_examples = 0
+
+    def _fresh_model(self) -> MicroParade:
+        """The initial model: built from the seed, its feature transform fitted, its output at the prior."""
+        model = build_model(self.cfg.model, self.chunks, seed=self.tc.seed)
+        if self.cfg.model.feature_transform == "log":
+            sample = feature_sample(self.chunks, FEATURE_SAMPLE_ROWS, self.ctx.store.storage_options)
+            logged = model.fit_feature_transform(sample)
+            names = ", ".join(self.chunks.feature_names[i] for i in logged) or "none"
+            self.ctx.log("feature transform fitted on %d training rows; log-scaled: %s", len(sample), names)
+        if self.tc.prior_init:
+            model.init_output(self.chunks.positive_log_odds("train"))
+        frozen = freeze_encoder(model, self.tc.encoder_trainable_layers)
+        if frozen:
+            self.ctx.log(
+                "encoder: %d parameters frozen (train.encoder_trainable_layers=%d)",
+                frozen,
+                self.tc.encoder_trainable_layers,
+            )
+        return model
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
@@ -277,6 +321,7 @@ class Trainer:
                 "records": self.records,
                 "interval": self.interval.to_dict(),
                 "totals": dict(self.totals),
+                "selection": self.selection.to_dict(),
             }
             buf = io.BytesIO()
             torch.save(payload, buf)
@@ -331,6 +376,7 @@ class Trainer:
             self.records = list(ckpt["records"])
             self.interval = Interval.from_dict(ckpt["interval"])
             self.totals = {k: int(v) for k, v in ckpt["totals"].items()}
+            self.selection = Selection.from_dict(ckpt["selection"])
             self.ctx.log("resumed from checkpoint %s: step %d, %s", name, self.step, self.position)
             return True
         return False
@@ -341,16 +387,19 @@ class Trainer:
         for batch in self.loader.epoch(epoch, start):
             if not batch.examples.labelled:
                 raise StageError("the train split has rows without labels; the chunks stage must not produce them")
-            mb = encode_batch(
-                batch.examples,
-                specials=self.specials,
-                max_length=self.chunks.max_length,
-                encoding=self.tc.encoding,
-                token_budget=self.tc.token_budget,
-                buckets=self.buckets,
-                use_text=self.cfg.model.use_text,
-            )
-            yield batch, mb
+            yield batch, self.encode(batch.examples)
+
+    def encode(self, examples: Examples) -> ModelBatch:
+        """The model tensors of ``examples`` (on the CPU) in this run's encoding."""
+        return encode_batch(
+            examples,
+            specials=self.specials,
+            max_length=self.chunks.max_length,
+            encoding=self.tc.encoding,
+            token_budget=self.tc.token_budget,
+            buckets=self.buckets,
+            use_text=self.cfg.model.use_text,
+        )
 
     def train_step(self, mb: ModelBatch) -> torch.Tensor:
         """One optimizer step; the per-target losses (detached, on the device)."""
@@ -362,7 +411,7 @@ class Trainer:
         loss.backward()
         if self.tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
-        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.last_lr = self._lrs()
         self.optimizer.step()
         self.scheduler.step()
         self.backend.step_end()
@@ -393,7 +442,8 @@ class Trainer:
             "examples": self.totals["examples"],
             "loss": float(np.mean(per_target)),
             **{f"loss_{t}": per_target[i] for i, t in enumerate(TARGETS)},
-            "lr": self.last_lr,
+            "lr": self.last_lr.get("encoder", self.last_lr.get("head")),
+            "lr_head": self.last_lr.get("head"),
             "examples_per_s": round(timed / seconds, 3) if seconds > 0 else None,
             "data_efficiency": _efficiency(valid, encoded),
         }
@@ -447,6 +497,9 @@ class Trainer:
                         now = time.perf_counter()
                         self._log(self.make_record(epoch, now - t_interval), writer)
                         t_interval = now
+                    if self.tc.eval_every and (self.step % self.tc.eval_every == 0 or done):
+                        if self.validate(epoch, writer):
+                            self.selection.stopped_early = done = True
                     if done:
                         break
                     stop = self._stop_requested()
@@ -463,6 +516,43 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+
+    # -- model selection ------------------------------------------------------------------------
+    def _lrs(self) -> dict[str, float]:
+        """The current learning rate of each parameter group (``encoder``, ``head``, ...)."""
+        return {str(g["name"]): float(g["lr"]) for g in self.optimizer.param_groups}
+
+    def _state_copy(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the model's weights (training goes on changing the originals in place)."""
+        state = self.backend.to_cpu(self.model.state_dict())
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def validate(self, epoch: int, writer) -> bool:
+        """Score the validation sample and keep the best model; True when patience ran out."""
+        out_of_patience = 0.0
+        if self.validator is not None:
+            t0 = time.perf_counter()
+            scores = summary(self.validator.score(self.model, self.backend))
+            record = {"step": self.step, "epoch": epoch, "rows": len(self.validator), **scores}
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            improved = self.selection.add(record, self._state_copy)
+            if writer is not None:
+                _write_scalars(writer, record)
+            sel = self.selection
+            self.ctx.log(
+                "validation at step %d on %d rows: avg AP %s, avg RCE %s%s (best avg AP %s at step %s)",
+                self.step,
+                len(self.validator),
+                _fmt(scores["valid_ap"]),
+                _fmt(scores["valid_rce"], 2),
+                ", new best" if improved else "",
+                _fmt(sel.best_score),
+                sel.best_step,
+            )
+            if self.tc.patience and sel.since_best >= self.tc.patience:
+                self.ctx.log("early stop: %d validation(s) without a new best", sel.since_best)
+                out_of_patience = 1.0
+        return self.backend.all_reduce_values([out_of_patience], op="max")[0] > 0
 
     def _stop_requested(self) -> bool:
         """Whether any rank got a stop signal (all ranks must checkpoint at the same step)."""
@@ -490,13 +580,33 @@ class Trainer:
     # -- outputs --------------------------------------------------------------------------------
     def write_outputs(self) -> None:
         ctx = self.ctx
-        buf = io.BytesIO()
-        torch.save(model_bundle(self.model, self.cfg.model, self.chunks), buf)
-        with ctx.open_out("model.pt") as f:
-            f.write(buf.getvalue())
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
-        with ctx.open_out("metrics.jsonl") as f:
-            f.write(lines.encode())
+        sel = self.selection
+        best = sel.best_state
+        for name, state in (("model.pt", best), ("model_last.pt", None)):
+            buf = io.BytesIO()
+            torch.save(model_bundle(self.model, self.cfg.model, self.chunks, state_dict=state), buf)
+            with ctx.open_out(name) as f:
+                f.write(buf.getvalue())
+        for name, rows in (("metrics.jsonl", self.records), ("validation.jsonl", sel.history)):
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+            with ctx.open_out(name) as f:
+                f.write(lines.encode())
+        ctx.extra["selection"] = {
+            "model": "best" if best is not None else "last",
+            "metric": "valid avg AP" if best is not None else None,
+            "best_step": sel.best_step,
+            "best_valid_ap": sel.best_score,
+            "last_step": self.step,
+            "validations": len(sel.history),
+            "stopped_early": sel.stopped_early,
+        }
+        if best is not None:
+            ctx.log(
+                "model.pt: the best model (step %d, valid avg AP %.4f); model_last.pt: step %d",
+                sel.best_step,
+                sel.best_score,
+                self.step,
+            )
         last = self.records[-1] if self.records else {}
         ctx.extra.update(
             steps=self.step,
@@ -523,11 +633,18 @@ class Trainer:
             ctx.extra.update(compilations=compilations, replicas_identical=self.backend.replicas_identical(self.model))
 
 
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _write_scalars(writer, record: dict[str, Any]) -> None:
     step = record["step"]
-    for key in ("loss", *(f"loss_{t}" for t in TARGETS), "lr", "examples_per_s", "data_efficiency"):
+    for key in ("loss", *(f"loss_{t}" for t in TARGETS), "lr", "lr_head", "examples_per_s", "data_efficiency"):
         if record.get(key) is not None:
             writer.add_scalar(f"train/{key}", record[key], step)
+    for key, value in record.items():
+        if key.startswith("valid_") and value is not None:
+            writer.add_scalar(f"valid/{key[len('valid_') :]}", value, step)
 
 
 # ----------------------------------------------------------------------------------------------
