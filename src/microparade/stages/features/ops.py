@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ...hashing import splitmix64
+
 BACKENDS = ("pandas", "cudf")
 
 _MASK64 = (1 << 64) - 1
@@ -63,19 +65,6 @@ def to_arrow(df) -> pa.Table:
 # ----------------------------------------------------------------------------------------------
 # folds
 # ----------------------------------------------------------------------------------------------
-def splitmix64(x):
-    """The splitmix64 finaliser of uint64 values, elementwise.
-
-    Works on anything with numpy-style uint64 arithmetic that wraps modulo 2**64: numpy arrays,
-    pandas/cuDF Series and Dask Series. Right shifts are written as floor divisions by powers of
-    two because pandas Series have no ``>>`` operator.
-    """
-    z = x + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z // np.uint64(1 << 30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z // np.uint64(1 << 27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z // np.uint64(1 << 31))
-
-
 def fold_of(key, k: int, seed: int):
     """Fold ``splitmix64(key ^ seed) % k`` of non-negative int64 keys (numpy or Series), as int8."""
     if not 2 <= k <= 127:
