@@ -9,14 +9,19 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, log_loss
 
+import microparade.metrics as metrics_mod
 from microparade.metrics import (
     FAIRNESS_EDGES,
     ap_of,
     compute_metrics,
     group_index,
     group_labels,
+    paired_bootstrap,
+    paired_bootstrap_many,
     prior_metrics,
     rce_of,
+    weighted_ap,
+    weighted_rce,
 )
 from microparade.recsys_format import TARGETS
 
@@ -169,3 +174,85 @@ def test_undefined_and_invalid_inputs():
         compute_metrics(labels, preds, afc[:-1])
     empty = compute_metrics(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0, dtype=np.int64))
     assert empty["rows"] == 0 and empty["ap"]["avg"] is None and empty["groups"]["rows"] == [0] * 5
+
+
+# ----------------------------------------------------------------------------------------------
+# paired bootstrap
+# ----------------------------------------------------------------------------------------------
+def _intervals(result: dict) -> list[dict]:
+    return [result[m][t] for m in ("ap", "rce") for t in (*TARGETS, "avg")]
+
+
+def test_weighted_metrics_equal_the_official_ones_on_repeated_rows():
+    labels, preds, _ = _fixed_set(n=300, seed=5)
+    preds = np.round(preds, 2)  # ties: one threshold per distinct prediction, as sklearn
+    rng = np.random.default_rng(2)
+    draws = rng.integers(0, 300, size=(6, 300))
+    counts = np.stack([np.bincount(d, minlength=300) for d in draws])
+    counts[0] = 1  # the rows as given
+    for j in range(4):
+        ap = weighted_ap(labels[:, j], preds[:, j], counts)
+        rce = weighted_rce(labels[:, j], preds[:, j], counts)
+        for r, d in enumerate([np.arange(300), *draws[1:]]):
+            assert ap[r] == pytest.approx(ap_of(labels[d, j], preds[d, j]), abs=1e-12)
+            assert rce[r] == pytest.approx(rce_of(labels[d, j], preds[d, j]), abs=1e-9)
+    # Undefined where the weighted rows hold no positive (AP) or one class only (RCE).
+    only_negatives = (labels[:, 0] == 0).astype(float)[None, :]
+    assert math.isnan(weighted_ap(labels[:, 0], preds[:, 0], only_negatives)[0])
+    assert math.isnan(weighted_rce(labels[:, 0], preds[:, 0], only_negatives)[0])
+
+
+def test_paired_bootstrap_of_identical_predictions_is_a_tie_at_zero():
+    labels, preds, _ = _fixed_set()
+    result = paired_bootstrap(labels, preds, preds.copy(), n=200, seed=0)
+    assert set(result) == {"ap", "rce"} and set(result["ap"]) == {*TARGETS, "avg"}
+    for iv in _intervals(result):
+        assert iv == {"diff": 0.0, "low": 0.0, "high": 0.0}  # contains 0: a tie
+    json.dumps(result, allow_nan=False)
+
+
+def test_paired_bootstrap_separates_a_clearly_better_model():
+    labels, good, _ = _fixed_set(n=2000, seed=4)
+    noisy = 1 / (1 + np.exp(-(np.log(good / (1 - good)) + np.random.default_rng(9).normal(0, 2.5, good.shape))))
+    result = paired_bootstrap(labels, good, noisy, n=300, seed=1)
+    for iv in _intervals(result):
+        assert 0 < iv["low"] <= iv["diff"] <= iv["high"]
+    for m in ("ap", "rce"):
+        direct = [
+            f(labels[:, j], good[:, j]) - f(labels[:, j], noisy[:, j])
+            for j in range(4)
+            for f in [ap_of if m == "ap" else rce_of]
+        ]
+        assert [result[m][t]["diff"] for t in TARGETS] == pytest.approx(direct, abs=1e-12)
+        assert result[m]["avg"]["diff"] == pytest.approx(np.mean(direct), abs=1e-12)
+    # The other way round: the same interval, negated.
+    reverse = paired_bootstrap(labels, noisy, good, n=300, seed=1)
+    assert reverse["ap"]["avg"]["high"] == pytest.approx(-result["ap"]["avg"]["low"], abs=1e-12)
+
+
+def test_paired_bootstrap_is_seeded_and_independent_of_its_block_size(monkeypatch):
+    labels, preds, _ = _fixed_set(n=400, seed=8)
+    other = np.clip(preds + np.random.default_rng(3).normal(0, 0.05, preds.shape), 0, 1)
+    first = paired_bootstrap(labels, preds, other, n=150, seed=7)
+    assert paired_bootstrap(labels, preds, other, n=150, seed=7) == first
+    assert paired_bootstrap(labels, preds, other, n=150, seed=8) != first
+    monkeypatch.setattr(metrics_mod, "BOOTSTRAP_BLOCK_CELLS", 1000)  # 2 resamples per block
+    assert paired_bootstrap(labels, preds, other, n=150, seed=7) == first
+    # Several baselines on the same resamples: each as if compared alone.
+    many = paired_bootstrap_many(labels, preds, {"other": other, "same": preds}, n=150, seed=7)
+    assert many["other"] == first and _intervals(many["same"])[0] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_paired_bootstrap_undefined_values_and_invalid_inputs():
+    labels, preds, _ = _fixed_set(n=100)
+    labels[:, 3] = 0  # quote: no positives, AP and RCE undefined
+    result = paired_bootstrap(labels, preds, preds * 0.5, n=50, seed=0)
+    assert result["ap"]["quote"] == {"diff": None, "low": None, "high": None}
+    assert result["rce"]["quote"]["low"] is None
+    assert result["ap"]["avg"]["low"] is not None  # the mean of the defined engagements
+    with pytest.raises(ValueError, match="at least 1 resample"):
+        paired_bootstrap(labels, preds, preds, n=0, seed=0)
+    with pytest.raises(ValueError, match="shape of labels"):
+        paired_bootstrap(labels, preds, preds[:-1], n=10, seed=0)
+    with pytest.raises(ValueError, match="probabilities"):
+        paired_bootstrap(labels, preds, preds * 2, n=10, seed=0)

@@ -1,9 +1,14 @@
-"""The features-only baseline: gradient-boosted trees on the chunks' ``features`` column, no text.
+"""The report's two baselines: gradient-boosted trees on everything the model sees except text.
 
-A ``HistGradientBoostingClassifier`` per target, trained on a seeded subsample of at most
-``report.baseline_max_rows`` labelled training rows and scored with the same
-:func:`microparade.metrics.compute_metrics` on the evaluated splits. It answers "does text earn its
-compute?": the model should beat it.
+- **GBDT, features only** — the chunks' ``features`` column;
+- **GBDT, features + history** — the same plus statistics of the user's history
+  (:mod:`.history`: slot and engagement-type counts, hours), i.e. everything but the text.
+
+A ``HistGradientBoostingClassifier`` per target and baseline, both trained on the same seeded
+subsample of at most ``report.baseline_max_rows`` labelled training rows with the same settings and
+seed. Each predicts every labelled row of the evaluated splits' chunks (:class:`SplitRows`); the
+comparison with the model (same rows, metrics, bootstrap intervals) is :mod:`.compare`'s. They
+answer "does text earn its compute?": the model should beat both.
 """
 
 from __future__ import annotations
@@ -17,15 +22,15 @@ import pyarrow as pa
 
 from ...compute.backends import available_cpus
 from ...engine.context import StageContext
-from ...metrics import compute_metrics
 from ...recsys_format import TARGETS
 from ...storage import read_parquet
 from ..chunks.contract import ChunkFile, ChunksManifest
+from .history import HISTORY_COLUMNS, history_statistics
 
 if TYPE_CHECKING:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-#: HistGradientBoostingClassifier settings of the baseline: sklearn defaults plus mild L2 and
+#: HistGradientBoostingClassifier settings of the baselines: sklearn defaults plus mild L2 and
 #: early stopping on a 10% stratified hold-out, so small or easy data does not overfit.
 BASELINE_PARAMS: dict[str, Any] = {
     "max_iter": 200,
@@ -38,23 +43,69 @@ BASELINE_PARAMS: dict[str, Any] = {
     "n_iter_no_change": 10,
 }
 #: A target needs this many positives and negatives in the sample to train a classifier (the
-#: stratified early-stopping split needs both classes); below it the baseline predicts the
+#: stratified early-stopping split needs both classes); below it the baselines predict the
 #: sample's positive rate for that target.
 BASELINE_MIN_CLASS_ROWS = 20
+#: ``(key, label)`` of the baselines, in table order: the stronger (everything but text) first.
+BASELINES: tuple[tuple[str, str], ...] = (
+    ("history", "GBDT, features + history"),
+    ("features", "GBDT, features only"),
+)
+BASELINE_LABELS: dict[str, str] = dict(BASELINES)
+
+
+@dataclass
+class SplitRows:
+    """The labelled chunk rows of one split and every baseline's predictions for them."""
+
+    row_id: np.ndarray
+    #: ``[n, 4]`` int8, columns in ``TARGETS`` order.
+    labels: np.ndarray
+    a_follower_count: np.ndarray
+    #: ``{baseline key: [n, 4] probabilities}``.
+    preds: dict[str, np.ndarray]
 
 
 @dataclass
 class Baseline:
-    """The baseline's outcome: metrics per scored split and how it was trained."""
+    """The baselines' outcome: their predictions per scored split and how they were trained."""
 
-    #: ``done``, ``disabled``, or why it could not run.
+    #: ``done``, ``disabled``, or why they could not run.
     status: str
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    splits: dict[str, SplitRows] = field(default_factory=dict)
     train_rows: int = 0
     train_rows_available: int = 0
     n_features: int = 0
-    iterations: dict[str, int | None] = field(default_factory=dict)
+    #: ``{baseline key: {target: trees or None (a constant)}}``.
+    iterations: dict[str, dict[str, int | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Rows:
+    """Rows read from chunks: features, history statistics, labels (NaN = unknown), ids."""
+
+    x: np.ndarray
+    hist: np.ndarray
+    labels: np.ndarray
+    a_follower_count: np.ndarray
+    row_id: np.ndarray
+
+    def take(self, keep: np.ndarray) -> _Rows:
+        return _Rows(self.x[keep], self.hist[keep], self.labels[keep], self.a_follower_count[keep], self.row_id[keep])
+
+    def inputs(self, key: str) -> np.ndarray:
+        """The columns baseline ``key`` sees."""
+        return self.x if key == "features" else np.concatenate([self.x, self.hist], axis=1)
+
+    @staticmethod
+    def concat(parts: list[_Rows]) -> _Rows:
+        return _Rows(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("x", "hist", "labels", "a_follower_count", "row_id")
+            )
+        )
 
 
 @dataclass
@@ -75,7 +126,7 @@ class _Predictor:
 def run_baseline(
     ctx: StageContext, chunks: ChunksManifest | None, chunks_note: str, eval_splits: list[str]
 ) -> Baseline:
-    """Train and score the baseline with OpenMP limited to ``report.baseline_threads``.
+    """Train the baselines and predict ``eval_splits`` with OpenMP limited to ``report.baseline_threads``.
 
     The limit matters on shared nodes: OpenMP teams larger than the free cores spin-wait and run
     an order of magnitude slower than one thread.
@@ -84,13 +135,13 @@ def run_baseline(
 
     threads = ctx.cfg.report.baseline_threads or available_cpus()
     with threadpool_limits(limits=threads, user_api="openmp"):
-        return _fit_and_score(ctx, chunks, chunks_note, eval_splits)
+        return _fit_and_predict(ctx, chunks, chunks_note, eval_splits)
 
 
-def _fit_and_score(
+def _fit_and_predict(
     ctx: StageContext, chunks: ChunksManifest | None, chunks_note: str, eval_splits: list[str]
 ) -> Baseline:
-    """The baseline trained on the training chunks and scored on ``eval_splits``, or why not."""
+    """The baselines trained on the training chunks, with their predictions on ``eval_splits``, or why not."""
     if not ctx.cfg.report.baseline:
         return Baseline("disabled (report.baseline is false)")
     if chunks is None:
@@ -100,21 +151,24 @@ def _fit_and_score(
     rng = np.random.default_rng(ctx.cfg.report.seed)
     available = sum(f.rows for f in chunks.files("train"))
     out = Baseline("done", n_features=chunks.n_features, train_rows_available=available)
-    x, y = _training_sample(ctx, chunks, rng, out)
-    if x.shape[0] == 0:
+    sample = _training_sample(ctx, chunks, rng, out)
+    if sample.x.shape[0] == 0:
         return Baseline("the training chunks hold no labelled rows")
-    out.train_rows = int(x.shape[0])
-    predictor = _fit(ctx, x, y, out)
+    out.train_rows = int(sample.x.shape[0])
+    y = sample.labels.astype(np.int8)
+    rare = _rare_targets(y, out)
+    predictors = {key: _fit(ctx, key, sample.inputs(key), y, rare, out) for key, _ in BASELINES}
     for split in eval_splits:
-        _score_split(ctx, chunks, split, predictor, out)
-    if not out.metrics:
+        _predict_split(ctx, chunks, split, predictors, out)
+    if not out.splits:
         out.status = "no labelled rows in the evaluated splits"
     return out
 
 
-def _read_chunk(ctx: StageContext, f: ChunkFile, n_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(features [n, F] float32, labels [n, 4] float (NaN = unknown), a_follower_count [n])``."""
-    table = read_parquet(f.url, ctx.store.storage_options, columns=["features", *TARGETS, "a_follower_count"])
+def _read_chunk(ctx: StageContext, f: ChunkFile, n_features: int) -> _Rows:
+    """One chunk's rows: features ``[n, F]`` float32, history statistics, labels, follower counts, row ids."""
+    columns = ["row_id", "features", *TARGETS, "a_follower_count", *HISTORY_COLUMNS]
+    table = read_parquet(f.url, ctx.store.storage_options, columns=columns)
     col = table.column("features").combine_chunks()
     if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != n_features:
         raise ValueError(
@@ -127,13 +181,16 @@ def _read_chunk(ctx: StageContext, f: ChunkFile, n_features: int) -> tuple[np.nd
         if table.num_rows
         else np.zeros((0, len(TARGETS)))
     )
+    try:
+        hist = history_statistics(table)
+    except ValueError as exc:
+        raise ValueError(f"{f.url}: {exc}") from exc
     afc = table.column("a_follower_count").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    return x, labels, afc
+    row_id = table.column("row_id").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return _Rows(x, hist, labels, afc, row_id)
 
 
-def _training_sample(
-    ctx: StageContext, chunks: ChunksManifest, rng: np.random.Generator, out: Baseline
-) -> tuple[np.ndarray, np.ndarray]:
+def _training_sample(ctx: StageContext, chunks: ChunksManifest, rng: np.random.Generator, out: Baseline) -> _Rows:
     """A seeded sample of at most ``report.baseline_max_rows`` labelled training rows.
 
     Whole chunks in a seeded order (chunks are already shuffled row-wise, so this reads only about
@@ -147,71 +204,72 @@ def _training_sample(
             break
         picked.append(train_files[i])
         rows += train_files[i].rows
-    parts = [_read_chunk(ctx, f, chunks.n_features) for f in picked]
-    x = np.concatenate([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    known = ~np.isnan(y).any(axis=1)
+    sample = _Rows.concat([_read_chunk(ctx, f, chunks.n_features) for f in picked])
+    known = ~np.isnan(sample.labels).any(axis=1)
     if not known.all():
         out.notes.append(f"{int((~known).sum()):,} training rows without labels left out")
-        x, y = x[known], y[known]
-    if x.shape[0] > max_rows:
-        keep = np.sort(rng.choice(x.shape[0], max_rows, replace=False))
-        x, y = x[keep], y[keep]
-    return x, y
+        sample = sample.take(known)
+    if sample.x.shape[0] > max_rows:
+        sample = sample.take(np.sort(rng.choice(sample.x.shape[0], max_rows, replace=False)))
+    return sample
 
 
-def _fit(ctx: StageContext, x: np.ndarray, y: np.ndarray, out: Baseline) -> _Predictor:
-    """A classifier per target; a constant (the sample's positive rate) where a class is too rare."""
+def _rare_targets(y: np.ndarray, out: Baseline) -> set[str]:
+    """The targets with too few positives or negatives in the sample to train on (with a note each)."""
+    rare = set()
+    for j, target in enumerate(TARGETS):
+        pos = int(y[:, j].sum())
+        if min(pos, y.shape[0] - pos) < BASELINE_MIN_CLASS_ROWS:
+            rare.add(target)
+            out.notes.append(
+                f"{target}: {pos:,} positive(s) in {y.shape[0]:,} sampled rows (fewer than "
+                f"{BASELINE_MIN_CLASS_ROWS} of a class); the baselines predict the sample's positive rate"
+            )
+    return rare
+
+
+def _fit(ctx: StageContext, key: str, x: np.ndarray, y: np.ndarray, rare: set[str], out: Baseline) -> _Predictor:
+    """Baseline ``key``: a classifier per target; a constant (the sample's positive rate) for the ``rare`` ones."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     predictor = _Predictor()
+    iterations = out.iterations.setdefault(key, {})
     for j, target in enumerate(TARGETS):
-        yt = y[:, j].astype(np.int8)
-        pos = int(yt.sum())
-        if min(pos, yt.size - pos) < BASELINE_MIN_CLASS_ROWS:
-            predictor.constants[target] = pos / yt.size
-            out.iterations[target] = None
-            out.notes.append(
-                f"{target}: {pos:,} positive(s) in {yt.size:,} sampled rows "
-                f"(fewer than {BASELINE_MIN_CLASS_ROWS} of a class); the baseline predicts the sample's positive rate"
-            )
+        if target in rare:
+            predictor.constants[target] = float(y[:, j].mean())
+            iterations[target] = None
             continue
         t0 = time.perf_counter()
         clf = HistGradientBoostingClassifier(random_state=ctx.cfg.report.seed, **BASELINE_PARAMS)
-        clf.fit(x, yt)
+        clf.fit(x, y[:, j])
         predictor.models[target] = clf
-        out.iterations[target] = int(clf.n_iter_)
+        iterations[target] = int(clf.n_iter_)
         ctx.log(
-            f"baseline {target}: {clf.n_iter_} trees on {yt.size:,} rows x {x.shape[1]} features "
-            f"in {time.perf_counter() - t0:.1f}s"
+            f"baseline {BASELINE_LABELS[key]}, {target}: {clf.n_iter_} trees on {x.shape[0]:,} rows "
+            f"x {x.shape[1]} columns in {time.perf_counter() - t0:.1f}s"
         )
     return predictor
 
 
-def _score_split(ctx: StageContext, chunks: ChunksManifest, split: str, predictor: _Predictor, out: Baseline) -> None:
-    """Score the baseline on the labelled rows of one split's chunks into ``out.metrics[split]``."""
+def _predict_split(
+    ctx: StageContext, chunks: ChunksManifest, split: str, predictors: dict[str, _Predictor], out: Baseline
+) -> None:
+    """Every baseline's predictions for the labelled rows of one split's chunks, into ``out.splits[split]``."""
     files = chunks.files(split)
     if not files:
         out.notes.append(f"{split}: no chunks")
         return
-    labels, preds, afcs, unknown = [], [], [], 0
+    parts, unknown = [], 0
     for f in files:
-        xs, ys, afc = _read_chunk(ctx, f, chunks.n_features)
-        ok = ~np.isnan(ys).any(axis=1)
+        rows = _read_chunk(ctx, f, chunks.n_features)
+        ok = ~np.isnan(rows.labels).any(axis=1)
         unknown += int((~ok).sum())
-        if not ok.any():
-            continue
-        labels.append(ys[ok].astype(np.int8))
-        preds.append(predictor.predict(xs[ok]))
-        afcs.append(afc[ok])
+        if ok.any():
+            parts.append(rows.take(ok))
     if unknown:
         out.notes.append(f"{split}: {unknown:,} rows without labels are not scored")
-    if not labels:
+    if not parts:
         return
-    m = compute_metrics(np.concatenate(labels), np.concatenate(preds), np.concatenate(afcs))
-    out.metrics[split] = m
-    ctx.log(f"baseline on {split}: AP avg {_num(m['ap']['avg'])}, RCE avg {_num(m['rce']['avg'], 2)}")
-
-
-def _num(v: float | None, digits: int = 4) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+    rows = _Rows.concat(parts)
+    preds = {key: predictors[key].predict(rows.inputs(key)) for key, _ in BASELINES}
+    out.splits[split] = SplitRows(rows.row_id, rows.labels.astype(np.int8), rows.a_follower_count, preds)

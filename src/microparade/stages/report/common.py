@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...engine.manifest import Manifest
-from ...metrics import prior_metrics
+from ...metrics import Intervals
+from ...recsys_format import TARGETS
 
 #: Upstream stages described by the report, in pipeline order.
 UPSTREAM = ("generate", "ingest", "text", "features", "chunks", "train", "evaluate")
@@ -58,26 +59,55 @@ def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+#: A difference of the model minus a baseline: ``{"diff", "low", "high"}`` (bounds None without an interval).
+Difference = dict[str, float | None]
+
+
 @dataclass
 class SplitScores:
-    """The metrics of one split: the model's (evaluate), the baseline's, and the prior's."""
+    """The metrics of one split: the model's (evaluate), the baselines' on the same rows, the prior's,
+    and the model-minus-baseline intervals."""
 
     split: str
     model: dict[str, Any] | None
-    baseline: dict[str, Any] | None
-    #: The metrics the split's other facts (rows, groups) are read from: the model's, else the baseline's.
+    #: ``{baseline key: compute_metrics result}`` (see :data:`.baseline.BASELINES`).
+    baselines: dict[str, dict[str, Any]]
+    #: The metrics the split's other facts (rows, positives, groups) are read from: the model's, else a baseline's.
     ref: dict[str, Any]
     prior: dict[str, Any]
+    #: ``{baseline key: paired bootstrap intervals of the model minus the baseline}``; empty when not computed.
+    intervals: dict[str, Intervals] = field(default_factory=dict)
+    #: Bootstrap resamples behind ``intervals``.
+    resamples: int = 0
+    #: Which rows were compared, and why there are no intervals.
+    notes: list[str] = field(default_factory=list)
+
+    def difference(self, key: str, metric: str, target: str = "avg") -> Difference | None:
+        """The model minus baseline ``key`` for ``metric`` (``ap``/``rce``): the bootstrap interval when
+        computed, else the point difference without bounds; None when either side is missing."""
+        if key in self.intervals:
+            return self.intervals[key][metric][target]
+        base = self.baselines.get(key)
+        if self.model is None or base is None:
+            return None
+        return {"diff": diff(self.model[metric][target], base[metric][target]), "low": None, "high": None}
+
+    def positives(self) -> dict[str, int]:
+        """Positive rows per engagement among the rows scored."""
+        return {t: int(sum(self.ref["groups"]["positives"][t])) for t in TARGETS}
 
 
-def split_scores(
-    evaluation: dict[str, dict[str, Any]] | None, baseline_metrics: dict[str, dict[str, Any]]
-) -> list[SplitScores]:
-    """One entry per split scored by the model or the baseline, in split order."""
-    out = []
-    for split in ordered(set(evaluation or {}) | set(baseline_metrics)):
-        model_m = (evaluation or {}).get(split)
-        base_m = baseline_metrics.get(split)
-        ref = model_m or baseline_metrics[split]
-        out.append(SplitScores(split, model_m, base_m, ref, prior_metrics(ref)))
-    return out
+def verdict(d: Difference | None) -> str:
+    """``beats`` / ``loses to`` when the 95% interval of the model minus the baseline lies above / below
+    0, ``ties`` when it contains 0 (the difference is within the noise); ``no interval`` when only the
+    point difference is known, ``n/a`` when not even that."""
+    if d is None or d["diff"] is None:
+        return "n/a"
+    low, high = d["low"], d["high"]
+    if low is None or high is None:
+        return "no interval"
+    if low > 0:
+        return "beats"
+    if high < 0:
+        return "loses to"
+    return "ties"

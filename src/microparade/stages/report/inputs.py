@@ -2,7 +2,9 @@
 
 Facts about what was run (history size, model heads and encoder, data statistics) come from the
 manifests rather than the report's config: the report describes the run that produced the outputs.
-The chunks manifest is also parsed as its contract (:class:`ChunksManifest`), which the baseline reads.
+The chunks manifest is also parsed as its contract (:class:`ChunksManifest`), which the baselines
+read; the model's per-row predictions (:func:`read_model_predictions`) are read when the comparison
+needs them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ...engine.context import StageContext
 from ...engine.manifest import Manifest, read_manifest
+from ...recsys_format import TARGETS
 from ...slurm.query import sacct_info
+from ...storage import read_parquet, read_parquet_schema
 from ..chunks.contract import ChunksManifest, ChunksManifestError
 from .common import NOT_RUN, UPSTREAM, job_id
 
@@ -30,6 +36,10 @@ class ReportInputs:
     #: ``{split: compute_metrics result}`` from ``evaluate/metrics.json``.
     evaluation: dict[str, dict[str, Any]] | None
     eval_note: str
+    #: ``evaluate/calibration.json``: how the model's probabilities were calibrated, and the metrics
+    #: and reliability bins before and after.
+    calibration: dict[str, Any] | None
+    calibration_note: str
     #: ``train/metrics.jsonl`` records, by step.
     train_log: list[dict[str, Any]] | None
     train_note: str
@@ -50,9 +60,22 @@ def read_inputs(ctx: StageContext) -> ReportInputs:
     manifests = _manifests(ctx)
     chunks, chunks_note = _chunks_contract(manifests.get("chunks"))
     evaluation, eval_note = _read_evaluation(ctx, manifests.get("evaluate"))
+    calibration, calibration_note = _read_calibration(ctx, manifests.get("evaluate"))
     train_log, train_note = _read_train_log(ctx, manifests.get("train"))
     sacct, sacct_note = _sacct(manifests)
-    return ReportInputs(manifests, chunks, chunks_note, evaluation, eval_note, train_log, train_note, sacct, sacct_note)
+    return ReportInputs(
+        manifests,
+        chunks,
+        chunks_note,
+        evaluation,
+        eval_note,
+        calibration,
+        calibration_note,
+        train_log,
+        train_note,
+        sacct,
+        sacct_note,
+    )
 
 
 def _manifests(ctx: StageContext) -> dict[str, Manifest | None]:
@@ -88,6 +111,56 @@ def _read_evaluation(ctx: StageContext, m: Manifest | None) -> tuple[dict[str, d
     if not splits:
         return None, "evaluate/metrics.json holds no split metrics"
     return splits, ""
+
+
+def _read_calibration(ctx: StageContext, m: Manifest | None) -> tuple[dict[str, Any] | None, str]:
+    """``evaluate/calibration.json``, or None and why not (runs from before calibration have none)."""
+    if m is None:
+        return None, NOT_RUN
+    if not _has_file(m, "calibration.json"):
+        return None, "the evaluate stage published no calibration.json (a run from before calibration)"
+    data = json.loads(ctx.store.read_bytes(f"{m.stage}/calibration.json"))
+    if not isinstance(data, dict):
+        return None, f"{m.url('calibration.json')} is not a JSON object"
+    return data, ""
+
+
+@dataclass
+class ModelPredictions:
+    """The model's predictions for one split (``evaluate/predictions/{split}.parquet``), by ``row_id``."""
+
+    row_id: np.ndarray
+    #: ``[n, 4]`` final (calibrated where the evaluate stage calibrates) probabilities, float64.
+    probs: np.ndarray
+    #: True for the rows that fit the calibrators (not scored); all False in files without the column.
+    holdout: np.ndarray
+
+
+def read_model_predictions(ctx: StageContext, m: Manifest | None, split: str) -> tuple[ModelPredictions | None, str]:
+    """The model's predictions of ``split``, or None and why not."""
+    rel = f"predictions/{split}.parquet"
+    if m is None:
+        return None, f"evaluate: {NOT_RUN}"
+    if not _has_file(m, rel):
+        return None, f"the evaluate stage published no {rel}"
+    url = m.url(rel)
+    so = ctx.store.storage_options
+    names = set(read_parquet_schema(url, so).names)
+    missing = [c for c in ("row_id", *TARGETS) if c not in names]
+    if missing:
+        return None, f"{url} has no column {', '.join(missing)}"
+    has_holdout = "calibration_holdout" in names
+    table = read_parquet(url, so, columns=["row_id", *TARGETS] + (["calibration_holdout"] if has_holdout else []))
+    row_id = table.column("row_id").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    probs = np.stack(
+        [table.column(t).to_numpy(zero_copy_only=False).astype(np.float64) for t in TARGETS], axis=1
+    ).reshape(-1, len(TARGETS))
+    holdout = (
+        table.column("calibration_holdout").to_numpy(zero_copy_only=False).astype(bool)
+        if has_holdout
+        else np.zeros(row_id.shape[0], dtype=bool)
+    )
+    return ModelPredictions(row_id, probs, holdout), ""
 
 
 def _read_train_log(ctx: StageContext, m: Manifest | None) -> tuple[list[dict[str, Any]] | None, str]:

@@ -69,6 +69,8 @@ Block = Paragraph | Table | Figure | Preformatted
 Line = tuple[str, Sequence[float], Sequence[float]]
 #: One :func:`line_panels` panel: ``(title, y label, lines, log y)``.
 Panel = tuple[str, str, Sequence[Line], bool]
+#: One :func:`reliability_panels` panel: ``(title, lines)``, each line ``(label, mean predicted, observed)``.
+ReliabilityPanel = tuple[str, Sequence[Line]]
 
 
 @dataclass
@@ -385,4 +387,29 @@ def line_panels(
         _style(ax, title, xlabel, ylabel)
         if len(lines) > 1:
             ax.legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def reliability_panels(
+    panels: Sequence[ReliabilityPanel], *, columns: int = 2, panel_size: tuple[float, float] = (3.8, 3.4)
+) -> bytes:
+    """Reliability diagrams: per panel, observed positive rate against mean predicted probability for
+    each line (one point per non-empty bin), with the diagonal of perfect calibration."""
+    rows = max(1, math.ceil(len(panels) / columns))
+    cols = min(columns, max(len(panels), 1))
+    fig = _new_figure(panel_size[0] * cols, panel_size[1] * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.set_visible(False)
+            continue
+        title, lines = panels[k]
+        ax.plot([0, 1], [0, 1], color="#9aa3ad", linestyle="--", linewidth=0.9, label="perfect calibration")
+        for i, (label, x, y) in enumerate(lines):
+            ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.3, label=label, color=_COLORS[i % len(_COLORS)])
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        _style(ax, title, "mean predicted probability", "observed positive rate")
+        if k == 0:
+            ax.legend(fontsize=8, frameon=False, loc="upper left")
     return _png(fig)

@@ -1,7 +1,9 @@
-"""The report's sections, in page order: summary, results, training, data, pipeline stages, config.
+"""The report's sections, in page order: summary, results, calibration, training, data, pipeline
+stages, config.
 
-Results and data live in :mod:`.sections_results` and :mod:`.sections_data`; this module holds the
-shorter sections and :func:`build_sections`, which assembles them all.
+Results, calibration and data live in :mod:`.sections_results`, :mod:`.sections_calibration` and
+:mod:`.sections_data`; this module holds the shorter sections and :func:`build_sections`, which
+assembles them all.
 """
 
 from __future__ import annotations
@@ -17,20 +19,23 @@ from ...engine.fingerprint import code_version
 from ...engine.manifest import Manifest
 from ...recsys_format import TARGETS
 from ...storage import format_bytes
-from .baseline import Baseline
-from .common import NOT_RUN, TRAIN_SERIES, UPSTREAM, SplitScores, finite, job_id, r2, split_scores
+from .baseline import BASELINES, Baseline
+from .common import NOT_RUN, TRAIN_SERIES, UPSTREAM, SplitScores, finite, job_id, r2
 from .inputs import ReportInputs
 from .render import Figure, Line, Panel, Paragraph, Preformatted, Section, Table, fmt_duration, line_panels
+from .sections_calibration import calibration_section
 from .sections_data import data_sections
-from .sections_results import results_sections
+from .sections_results import headline, results_sections
 
 
-def build_sections(ctx: StageContext, inputs: ReportInputs, baseline: Baseline) -> list[Section]:
+def build_sections(
+    ctx: StageContext, inputs: ReportInputs, baseline: Baseline, scores: list[SplitScores]
+) -> list[Section]:
     """Every section of the report, in page order."""
-    scores = split_scores(inputs.evaluation, baseline.metrics)
     return [
         _summary_section(inputs, scores),
         *results_sections(inputs, baseline, scores),
+        calibration_section(inputs),
         _training_section(inputs.manifest("train"), inputs.train_log, inputs.train_note),
         *data_sections(inputs.manifests),
         _stages_section(ctx, inputs),
@@ -49,33 +54,29 @@ def meta_lines(ctx: StageContext) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # summary
 # ----------------------------------------------------------------------------------------------
+def _avg(m: dict[str, Any] | None, metric: str) -> Any:
+    """The avg of ``metric`` of a metrics dict (RCE rounded for display), None without one."""
+    if m is None:
+        return None
+    return m[metric]["avg"] if metric == "ap" else r2(m[metric]["avg"])
+
+
 def _summary_section(inputs: ReportInputs, scores: list[SplitScores]) -> Section:
     sec = Section("summary", "Summary")
     rows: list[list[Any]] = [
-        [
-            s.split,
-            s.ref["rows"],
-            s.model["ap"]["avg"] if s.model else None,
-            s.baseline["ap"]["avg"] if s.baseline else None,
-            s.prior["ap"]["avg"],
-            r2(s.model["rce"]["avg"]) if s.model else None,
-            r2(s.baseline["rce"]["avg"]) if s.baseline else None,
-        ]
+        [s.split, s.ref["rows"]]
+        + [_avg(m, "ap") for m in (s.model, *(s.baselines.get(k) for k, _ in BASELINES), s.prior)]
+        + [_avg(m, "rce") for m in (s.model, *(s.baselines.get(k) for k, _ in BASELINES))]
         for s in scores
     ]
     if rows:
-        columns = [
-            "split",
-            "rows",
-            "AP avg model",
-            "AP avg GBDT baseline",
-            "AP avg prior",
-            "RCE avg model",
-            "RCE avg GBDT baseline",
-        ]
+        columns = ["split", "rows"]
+        columns += [f"AP avg {who}" for who in ("model", *(label for _, label in BASELINES), "prior")]
+        columns += [f"RCE avg {who}" for who in ("model", *(label for _, label in BASELINES))]
         sec.add(Table(columns, rows, caption="headline numbers (details under Results)"))
+        sec.add(*(Paragraph(h) for s in scores if (h := headline(s)) is not None))
     else:
-        sec.add(Paragraph("No metrics: neither the evaluate stage nor the baseline produced any.", kind="note"))
+        sec.add(Paragraph("No metrics: neither the evaluate stage nor the baselines produced any.", kind="note"))
     sec.add(*(Paragraph(f) for f in _summary_facts(inputs)))
     return sec
 

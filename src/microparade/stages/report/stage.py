@@ -8,9 +8,12 @@ Outputs (``{run_dir}/report/``):
 - ``plots/*.png`` — the figures, also as files.
 - ``summary.json`` — key numbers for machines (schema ``microparade.report-summary/1``).
 
-Content: headline numbers; the official metrics per evaluated split for the model, a features-only
-gradient-boosted-trees baseline and the prior (a constant predicting the positive rate), with the
-per-popularity-group breakdown and the paper's reference numbers; training curves; data statistics
+Content: headline numbers; the official metrics per evaluated split for the model, two
+gradient-boosted-trees baselines (features + history statistics, features only: everything but the
+text, and less) scored on the model's rows, and the prior (a constant predicting the positive rate);
+every model-minus-baseline difference with a paired bootstrap 95% interval and its verdict (beats,
+loses to, ties); the per-popularity-group breakdown and the paper's reference numbers; the
+calibration (metrics before and after, reliability diagrams); training curves; data statistics
 (rows, label rates, quarantine, history lengths, chunk sizes); a per-stage table from the manifests
 (with Slurm job ids, and sacct state/elapsed where sacct answers); the run configuration.
 
@@ -18,12 +21,14 @@ Every section tolerates missing upstream stages: the report builds from whatever
 and says "stage not run" elsewhere. What was run (history size, model heads and encoder, data
 statistics) is read from the manifests, not from the report's config.
 
-Modules: :mod:`.inputs` (manifests, metrics files, sacct), :mod:`.baseline` (the features-only
-baseline), :mod:`.sections` with :mod:`.sections_results` and :mod:`.sections_data` (the
-document), :mod:`.summary` (``summary.json``), :mod:`.render` (HTML, Markdown, plots).
+Modules: :mod:`.inputs` (manifests, metrics and calibration files, the model's predictions, sacct),
+:mod:`.baseline` with :mod:`.history` (the baselines), :mod:`.compare` (the same rows, the
+intervals), :mod:`.sections` with :mod:`.sections_results`, :mod:`.sections_calibration` and
+:mod:`.sections_data` (the document), :mod:`.summary` (``summary.json``), :mod:`.render` (HTML,
+Markdown, plots).
 
 Determinism: the report depends only on its inputs and config (no generation timestamp, seeded
-baseline, timestamp-free PNGs). The one exception is the optional sacct columns, which show the
+baselines and bootstrap, timestamp-free PNGs). The one exception is the optional sacct columns, which show the
 *current* accounting state of the jobs.
 """
 
@@ -35,6 +40,7 @@ from typing import Any
 from ...engine.context import StageContext
 from .baseline import run_baseline
 from .common import ordered
+from .compare import compare
 from .inputs import read_inputs
 from .render import Section, figures, render_html, render_markdown
 from .sections import build_sections, meta_lines
@@ -47,9 +53,10 @@ def run(ctx: StageContext) -> None:
     inputs = read_inputs(ctx)
     eval_splits = ordered(inputs.evaluation) if inputs.evaluation else ["valid"]
     baseline = run_baseline(ctx, inputs.chunks, inputs.chunks_note, eval_splits)
-    sections = build_sections(ctx, inputs, baseline)
+    scores = compare(ctx, inputs, baseline)
+    sections = build_sections(ctx, inputs, baseline, scores)
     _write_documents(ctx, sections)
-    _write_bytes(ctx, "summary.json", _json(build_summary(ctx, inputs, baseline)))
+    _write_bytes(ctx, "summary.json", _json(build_summary(ctx, inputs, baseline, scores)))
     ctx.extra.update(
         sections=[s.id for s in sections if s.level == 2],
         plots=[f.name for f in figures(sections)],
