@@ -52,8 +52,9 @@ def overrides(run: Path, *extra: str) -> list[str]:
     """The smallest config that still runs every stage for real, as ``key=value`` overrides.
 
     3,000 synthetic rows (300 validation rows, enough positives for AP), the tiny encoder, one
-    Dask worker, 40 training steps with a checkpoint every 4 (so that an interruption lands
-    mid-training and the resumed run has work left), one torch thread (CPU determinism), the
+    Dask worker, 40 training steps of 16 examples with a checkpoint every 4 (so that an
+    interruption lands mid-training and the resumed run has work left) and a validation on 100
+    rows every 20 (model selection across the interruption), one torch thread (CPU determinism), the
     labelled validation split evaluated (the test split has no labels: predictions only), the
     smallest baseline sample, and Slurm resources that fit the emulated nodes (4 CPUs, 8000 MB).
     """
@@ -65,6 +66,9 @@ def overrides(run: Path, *extra: str) -> list[str]:
         "cluster.n_workers=1",
         "cluster.memory_limit=1GiB",
         f"train.max_steps={TRAIN_STEPS}",
+        "train.batch_size=16",
+        "train.eval_every=20",
+        "train.eval_rows=100",
         "train.checkpoint_every=4",
         "train.log_every=4",
         "train.num_threads=1",
@@ -583,7 +587,8 @@ def test_xla_train_and_evaluate_run_on_the_tpu_partition(launched):
         assert "xla (1 CPU device(s), SPMD data parallel" in log, log[-3000:]
     train = json.loads((x / "run" / "train" / "_MANIFEST.json").read_text())["extra"]
     assert train["backend"] == "xla" and train["devices"] == 1 and train["steps"] == TRAIN_STEPS
-    assert 1 <= train["compilations"] <= 2
+    # at most 2 shapes (the bucket grid), each compiled once for training and once for validation
+    assert 1 <= train["compilations"] <= 4 and train["selection"]["validations"] == 2
     report = (x / "run" / "report" / "index.html").read_text()
     assert "xla" in report
     _assert_all_done_under_slurm(x, launched.x_jobs, "sbatch", *XLA_OVERRIDES)
