@@ -364,15 +364,8 @@ def line_panels(
     panel_size: tuple[float, float] = (4.6, 2.9),
 ) -> bytes:
     """A grid of line charts; each panel is ``(title, ylabel, [(label, x, y), ...], log_y)``."""
-    rows = max(1, math.ceil(len(panels) / columns))
-    cols = min(columns, max(len(panels), 1))
-    fig = _new_figure(panel_size[0] * cols, panel_size[1] * rows)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= len(panels):
-            ax.set_visible(False)
-            continue
-        title, ylabel, lines, log_y = panels[k]
+    fig, axes = _panel_grid(len(panels), columns, panel_size)
+    for ax, (title, ylabel, lines, log_y) in zip(axes, panels):
         for i, (label, x, y) in enumerate(lines):
             ax.plot(
                 x,
@@ -390,20 +383,24 @@ def line_panels(
     return _png(fig)
 
 
+def _panel_grid(n: int, columns: int, panel_size: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """A figure with a grid of ``n`` axes, ``columns`` wide; axes beyond ``n`` are hidden."""
+    rows = max(1, math.ceil(n / columns))
+    cols = min(columns, max(n, 1))
+    fig = _new_figure(panel_size[0] * cols, panel_size[1] * rows)
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
 def reliability_panels(
     panels: Sequence[ReliabilityPanel], *, columns: int = 2, panel_size: tuple[float, float] = (3.8, 3.4)
 ) -> bytes:
     """Reliability diagrams: per panel, observed positive rate against mean predicted probability for
     each line (one point per non-empty bin), with the diagonal of perfect calibration."""
-    rows = max(1, math.ceil(len(panels) / columns))
-    cols = min(columns, max(len(panels), 1))
-    fig = _new_figure(panel_size[0] * cols, panel_size[1] * rows)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= len(panels):
-            ax.set_visible(False)
-            continue
-        title, lines = panels[k]
+    fig, axes = _panel_grid(len(panels), columns, panel_size)
+    for k, (ax, (title, lines)) in enumerate(zip(axes, panels)):
         ax.plot([0, 1], [0, 1], color="#9aa3ad", linestyle="--", linewidth=0.9, label="perfect calibration")
         for i, (label, x, y) in enumerate(lines):
             ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.3, label=label, color=_COLORS[i % len(_COLORS)])
