@@ -352,8 +352,10 @@ class ReportConfig(Section):
     baseline_max_rows: int = Field(200_000, ge=1000)
     #: Seed of the baseline's training-row sample and of its gradient-boosted trees.
     seed: int = 0
-    #: OpenMP threads of the baseline's trees (0 = the CPUs this process may run on).
-    baseline_threads: int = Field(0, ge=0)
+    #: OpenMP threads of the baseline's trees (0 = the CPUs this process may run on). Default 1:
+    #: in a process that has run torch, or on a loaded node, more OpenMP threads made the trees
+    #: 7-150x slower (782 s instead of 5 s at 6,000 rows on 2 cores), for identical trees.
+    baseline_threads: int = Field(1, ge=0)
     #: Paired bootstrap resamples of the evaluation rows behind every model-vs-baseline
     #: difference's 95% interval (0 = no intervals).
     bootstrap: int = Field(1000, ge=0)
