@@ -124,6 +124,11 @@ class Examples:
     def labelled(self) -> bool:
         return not np.isnan(self.labels).any()
 
+    def padded_to(self, n: int) -> Examples:
+        """These examples repeated cyclically up to ``n`` rows (static shapes: a full batch whose
+        extra rows' predictions the caller drops)."""
+        return self if len(self) >= n else self.take(np.resize(np.arange(len(self)), n))
+
     def take(self, idx: np.ndarray) -> Examples:
         """The examples at positions ``idx`` (in that order)."""
         idx = np.asarray(idx, dtype=np.int64)

@@ -105,8 +105,8 @@ def predict_split(
     def encoded():
         for batch in loader.epoch(0):
             ex = batch.examples
-            if buckets is not None and len(ex) < loader.batch_size:  # static shapes: a full batch
-                ex = ex.take(np.resize(np.arange(len(ex)), loader.batch_size))
+            if buckets is not None:  # static shapes: a full batch
+                ex = ex.padded_to(loader.batch_size)
             mb = encode_batch(
                 ex,
                 specials=specials,

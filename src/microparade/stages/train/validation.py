@@ -65,8 +65,8 @@ class Validator:
                     raise StageError("the valid split has rows without labels: it cannot select a model")
                 labels.append(ex.labels)
                 followers.append(ex.a_follower_count)
-                if pad_batches and take < batch_size:  # static shapes: a full batch, repeats dropped
-                    ex = ex.take(np.resize(np.arange(take), batch_size))
+                if pad_batches:  # static shapes: a full batch, repeats dropped
+                    ex = ex.padded_to(batch_size)
                 self.parts.append(_Part(encode(ex), take))
                 if sum(p.rows for p in self.parts) >= rows:
                     break
