@@ -264,6 +264,24 @@ def test_use_time_false_ignores_hours():
     assert torch.equal(a, b)
 
 
+def test_use_history_false_encodes_only_the_candidates():
+    ex = _examples(8, history_size=4, seed=2)
+    assert ex.hist_mask.any()
+    mb = encode_batch(ex, specials=SPECIALS, max_length=64, use_history=False)
+    # One sequence per example ([CLS] cand [SEP]) and no history slot left for the aggregator.
+    assert sum(g.input_ids.shape[0] for g in mb.groups) == 8
+    assert mb.slot_mask[:, 0].all() and not mb.slot_mask[:, 1:].any()
+    assert mb.valid_tokens == int(np.diff(ex.cand_offsets).clip(max=62).sum() + 2 * 8)
+    # The history's content then changes nothing: the same as examples without any history.
+    bare = ex.take(np.arange(8))
+    bare.hist_mask = np.zeros_like(bare.hist_mask)
+    model = build_model(ModelConfig(encoder="tiny", use_history=False), _chunks(5, 4), seed=0).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(mb), model(encode_batch(bare, specials=SPECIALS, max_length=64)), rtol=1e-6, atol=1e-6
+        )
+
+
 def test_features_only_model_has_no_encoder():
     ex = _examples(8, history_size=4)
     model = build_model(ModelConfig(encoder="tiny", use_text=False), _chunks(5, 4), seed=0).eval()

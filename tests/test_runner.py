@@ -46,7 +46,7 @@ def _digests(root: Path, stage: str) -> dict[str, str]:
 
 def _states(cfg_path: Path, *overrides: str) -> dict[str, str]:
     cfg = load_config(cfg_path, list(overrides))
-    return {s.name: s.state for s in compute_status(cfg, Store(cfg.run_dir), verify="sha256")}
+    return {s.name: s.state for s in compute_status(cfg, verify="sha256")}
 
 
 def test_rerun_skips_done_stages_and_manifest_describes_files(tmp_path):

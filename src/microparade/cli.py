@@ -4,6 +4,7 @@
     microparade status CONFIG [key=value ...] [--verify] [--json]
     microparade config CONFIG [key=value ...]
     microparade generate --out URL --rows N [--users U] [--seed S] [--tokenizer PATH] [--compression C]
+    microparade sweep run|status|submit|cancel|report EXPERIMENT [key=value ...]
 
 Exit codes: 0 ok, 1 a stage failed, 2 bad usage or configuration, 124 a stage stopped on a
 preemption signal after saving its state (requeue and rerun to resume).
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from .entry import EXIT_OK, add_config_args, guarded, load_args_config, setup_logging
 from .slurm.commands import add_commands as add_slurm_commands
+from .sweep.commands import add_commands as add_sweep_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1)
 
     add_slurm_commands(sub)
+    add_sweep_commands(sub)
     return ap
 
 
@@ -82,11 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .engine.status import compute_status, format_status, iter_status_rows
     from .slurm.records import slurm_status_columns
-    from .storage import Store
 
     cfg = load_args_config(args)
-    store = Store(cfg.run_dir, cfg.storage_options)
-    statuses = compute_status(cfg, store, verify="sha256" if args.verify else "size")
+    statuses = compute_status(cfg, verify="sha256" if args.verify else "size")
     extra = slurm_status_columns(cfg, statuses)
     if args.json:
         rows = iter_status_rows(statuses)

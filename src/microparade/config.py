@@ -238,6 +238,9 @@ class ModelConfig(Section):
     use_time: bool = True
     #: Use the text encoder; false = features-only model (ablation).
     use_text: bool = True
+    #: Cross-encode the candidate with its history tweets; false = the candidate's own text only,
+    #: every history slot empty (the no-history ablation: what the history earns over the candidate).
+    use_history: bool = True
     #: Transformer aggregator layers.
     agg_layers: int = Field(2, ge=1)
     #: Transformer aggregator attention heads.
@@ -359,6 +362,9 @@ class ReportConfig(Section):
     #: Paired bootstrap resamples of the evaluation rows behind every model-vs-baseline
     #: difference's 95% interval (0 = no intervals).
     bootstrap: int = Field(1000, ge=0)
+    #: URL of the comparison report of the experiment this run belongs to (``microparade sweep`` sets
+    #: it; the run's report links to it).
+    comparison: str | None = None
 
 
 class SlurmStageConfig(Section):
@@ -408,6 +414,11 @@ class Config(Section):
     run_dir: str = Field("runs/default", validate_default=True)
     #: fsspec storage options for run_dir and raw data (e.g. gcsfs ``token``/``endpoint_url``).
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    #: Stages this run reads from another root instead of computing them: ``{stage: root URL}``, the
+    #: stage living in ``{root}/{stage}/``. They are read-only here: ``run`` checks that each is done
+    #: (fingerprint and files) and refuses to start a stage downstream of one that is not. ``microparade
+    #: sweep`` sets this so that the variants of an experiment share one copy of their common stages.
+    shared_stages: dict[str, str] = Field(default_factory=dict)
     data: DataConfig = Field(default_factory=DataConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
@@ -430,6 +441,19 @@ class Config(Section):
         if not str(v).strip():
             raise ValueError("run_dir must not be empty")
         return normalize_url(v)
+
+    @field_validator("shared_stages")
+    @classmethod
+    def _shared_stages(cls, v: dict[str, str]) -> dict[str, str]:
+        from .storage import normalize_url
+
+        if any(not str(root).strip() for root in v.values()):
+            raise ValueError("a shared stage's root must not be empty")
+        return {stage: normalize_url(root) for stage, root in v.items()}
+
+    def stage_root(self, stage: str) -> str:
+        """The root under which stage ``stage`` lives (``{root}/{stage}/``): ``run_dir`` unless shared."""
+        return self.shared_stages.get(stage, self.run_dir)
 
     def section(self, dotted: str) -> Any:
         """The JSON-able value at a dotted path (``"data.generate"``, ``"history"``)."""
@@ -490,7 +514,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def format_validation_errors(exc: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}): {exc.error_count()} problem(s)"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -508,14 +532,31 @@ def build_config(data: dict[str, Any] | None, overrides: list[str] | None = None
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(format_validation_errors(exc, source)) from None
+
+
+def array_task_path(path: str) -> str:
+    """``path`` with ``%a`` replaced by ``$SLURM_ARRAY_TASK_ID`` (unchanged without ``%a``)."""
+    if "%a" not in path:
+        return path
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if not task:
+        raise ConfigError(
+            f"config path {path!r} contains %a, the task id of a Slurm job array, but SLURM_ARRAY_TASK_ID "
+            "is not set: only an array task can read it"
+        )
+    return path.replace("%a", task)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file (``None``: the embedded defaults) and apply ``key=value`` overrides."""
+    """Load a YAML config file (``None``: the embedded defaults) and apply ``key=value`` overrides.
+
+    A ``%a`` in the path is the task id of a Slurm job array (``$SLURM_ARRAY_TASK_ID``), as in
+    sbatch's file patterns: every task of a sweep's array reads its own run's config.
+    """
     if path is None:
         return build_config({}, overrides, source="defaults")
-    p = Path(path)
+    p = Path(array_task_path(str(path)))
     if not p.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:

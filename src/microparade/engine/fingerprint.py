@@ -2,7 +2,8 @@
 
 fingerprint = sha256 of ``{code version + hash of the package's source, stage name, the stage's
 config sections, sha256 of each input's _MANIFEST.json}``. Execution settings (cluster, slurm,
-runner, storage_options) are never part of it.
+runner, storage_options, shared_stages) are never part of it. The identity is the same with the
+inputs' identities for their manifests: computable before any stage runs.
 """
 
 from __future__ import annotations
@@ -49,11 +50,22 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def stage_fingerprint(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> tuple[str, dict[str, Any]]:
-    parts = {
+def _parts(cfg: Config, spec: StageSpec, inputs: dict[str, str]) -> dict[str, Any]:
+    return {
         "code": code_version(),
         "stage": spec.name,
         "config": {k: cfg.section(k) for k in spec.config_keys},
-        "inputs": {name: inputs[name].hash for name in spec.inputs},
+        "inputs": {name: inputs[name] for name in spec.inputs},
     }
+
+
+def stage_fingerprint(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> tuple[str, dict[str, Any]]:
+    parts = _parts(cfg, spec, {name: m.hash for name, m in inputs.items()})
     return sha256_bytes(canonical_json(parts)), parts
+
+
+def stage_identity(cfg: Config, spec: StageSpec, input_identities: dict[str, str]) -> str:
+    """What a stage will compute, known before anything runs: the fingerprint's parts with each
+    input's identity in place of its manifest hash. Two runs whose stage has one identity get
+    the same fingerprint once the shared inputs are published (what ``microparade sweep`` shares)."""
+    return sha256_bytes(canonical_json(_parts(cfg, spec, input_identities)))

@@ -51,6 +51,10 @@ class StageSpec:
     requeue: bool = False
     #: One task per GPU (torch DDP): ``--ntasks-per-node`` follows ``gpus_per_node``.
     task_per_gpu: bool = False
+    #: In an experiment (``microparade sweep``): a data stage is computed once per distinct identity
+    #: under ``{sweep_dir}/shared/`` and read by every run that needs it; a model stage (False) runs
+    #: in each run's own directory, as one task of the sweep's job array.
+    shared_in_sweep: bool = True
 
     def load(self) -> Callable[[StageContext], None]:
         run: Callable[[StageContext], None] = importlib.import_module(self.module).run
@@ -112,6 +116,7 @@ STAGES: tuple[StageSpec, ...] = (
         resources=_resources(4, "8G", "1-00:00:00"),
         requeue=True,
         task_per_gpu=True,
+        shared_in_sweep=False,
     ),
     StageSpec(
         "evaluate",
@@ -120,6 +125,7 @@ STAGES: tuple[StageSpec, ...] = (
         module="microparade.stages.evaluate",
         description="predictions, AP and RCE per engagement",
         resources=_resources(4, "8G", "02:00:00"),
+        shared_in_sweep=False,
     ),
     StageSpec(
         "report",
@@ -128,6 +134,7 @@ STAGES: tuple[StageSpec, ...] = (
         module="microparade.stages.report",
         description="HTML + Markdown report with baseline",
         resources=_resources(2, "4G", "00:30:00"),
+        shared_in_sweep=False,
     ),
 )
 

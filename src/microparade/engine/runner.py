@@ -19,6 +19,7 @@ from ..errors import PreemptedError, StageError
 from ..storage import Store, format_bytes, parquet_rows
 from .context import RunSession, StageContext
 from .fingerprint import code_version, git_commit, stage_fingerprint
+from .layout import check_shared_stages, is_shared, stage_store
 from .manifest import (
     FAILED,
     INCOMPLETE,
@@ -71,19 +72,19 @@ def run_stage(
         spec.load()(ctx)
         return None
     started = time.time()
-    marker = _begin(ctx)
+    marker = begin_publication(store, spec.name, fingerprint)
     log.info("[%s] running (fingerprint %s)", spec.name, fingerprint[:12])
     _execute(ctx, marker)
     return _publish(ctx, marker, fp_parts, started)
 
 
-def _begin(ctx: StageContext) -> dict[str, Any]:
-    """Distrust the previous outputs, mark the stage incomplete and give it a fresh staging dir."""
-    store, name = ctx.store, ctx.name
+def begin_publication(store: Store, name: str, fingerprint: str) -> dict[str, Any]:
+    """Distrust the previous outputs of directory ``name``, mark it incomplete and give it a fresh
+    staging dir; returns the marker (also used by ``microparade sweep``'s comparison report)."""
     check_not_running(store, name)
     store.rm_file(f"{name}/{MANIFEST}")
     store.rm_file(f"{name}/{FAILED}")
-    marker = owner_marker(name, ctx.fingerprint)
+    marker = owner_marker(name, fingerprint)
     store.write_json_atomic(f"{name}/{INCOMPLETE}", marker)
     store.rm(f"{name}/{STAGING}")
     store.makedirs(f"{name}/{STAGING}")
@@ -116,36 +117,13 @@ def _publish(ctx: StageContext, marker: dict[str, Any], fp_parts: dict[str, Any]
     """Describe the staged files, move them into place, then commit with the manifest."""
     store, name = ctx.store, ctx.name
     files = _collect_files(ctx)
-    for rel in store.walk_files(name):
-        if rel.split("/", 1)[0] not in RESERVED:
-            store.rm_file(f"{name}/{rel}")
-    for f in files:
-        store.move(f"{name}/{STAGING}/{f['path']}", f"{name}/{f['path']}")
+    move_into_place(store, name, [f["path"] for f in files])
     finished = time.time()
     rows = ctx.total_rows
     if rows is None and any(f["rows"] is not None for f in files):
         rows = sum(f["rows"] or 0 for f in files)
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        "stage": name,
-        "fingerprint": ctx.fingerprint,
-        "fingerprint_inputs": fp_parts,
-        "code_version": code_version(),
-        "git_commit": git_commit(),
-        "files": files,
-        "rows": rows,
-        "bytes": sum(f["bytes"] for f in files),
-        "started": marker["started"],
-        "finished": now_iso(),
-        "duration_s": round(finished - started, 3),
-        "host": marker["host"],
-        "pid": marker["pid"],
-        "slurm": marker["slurm"],
-        "extra": ctx.extra,
-    }
-    store.write_json_atomic(f"{name}/{MANIFEST}", manifest)
-    store.rm_file(f"{name}/{INCOMPLETE}")
-    store.rm(f"{name}/{STAGING}")
+    manifest = manifest_document(name, ctx.fingerprint, fp_parts, files, rows, marker, finished - started, ctx.extra)
+    commit_publication(store, name, manifest)
     if not ctx.cfg.runner.keep_work:
         store.rm(f"{name}/{WORK}")
     published = read_manifest(store, name)
@@ -161,6 +139,53 @@ def _publish(ctx: StageContext, marker: dict[str, Any], fp_parts: dict[str, Any]
         format_bytes(manifest["bytes"]),
     )
     return published
+
+
+def move_into_place(store: Store, name: str, paths: list[str]) -> None:
+    """Replace the published files of directory ``name`` by ``paths``, staged in ``{name}/_staging/``."""
+    for rel in store.walk_files(name):
+        if rel.split("/", 1)[0] not in RESERVED:
+            store.rm_file(f"{name}/{rel}")
+    for path in paths:
+        store.move(f"{name}/{STAGING}/{path}", f"{name}/{path}")
+
+
+def manifest_document(
+    name: str,
+    fingerprint: str,
+    fp_parts: dict[str, Any],
+    files: list[dict[str, Any]],
+    rows: int | None,
+    marker: dict[str, Any],
+    duration_s: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``_MANIFEST.json`` of directory ``name`` published by the owner of ``marker`` (see docs/data-format.md)."""
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "stage": name,
+        "fingerprint": fingerprint,
+        "fingerprint_inputs": fp_parts,
+        "code_version": code_version(),
+        "git_commit": git_commit(),
+        "files": files,
+        "rows": rows,
+        "bytes": sum(f["bytes"] for f in files),
+        "started": marker["started"],
+        "finished": now_iso(),
+        "duration_s": round(duration_s, 3),
+        "host": marker["host"],
+        "pid": marker["pid"],
+        "slurm": marker["slurm"],
+        "extra": extra,
+    }
+
+
+def commit_publication(store: Store, name: str, manifest: dict[str, Any]) -> None:
+    """Write ``{name}/_MANIFEST.json`` (the commit point), then drop the incomplete marker and the staging dir."""
+    store.write_json_atomic(f"{name}/{MANIFEST}", manifest)
+    store.rm_file(f"{name}/{INCOMPLETE}")
+    store.rm(f"{name}/{STAGING}")
 
 
 def save_resolved_config(cfg: Config, store: Store) -> None:
@@ -193,11 +218,13 @@ def run_pipeline(
     until: str | None = None,
     force: bool = False,
 ) -> dict[str, str]:
-    """Run the selected stages, skipping done ones; returns ``{stage: "ran" | "skipped"}``.
+    """Run the selected stages, skipping done ones; returns ``{stage: "ran" | "skipped" | "shared"}``.
 
     ``from_stage`` forces that stage (and, through fingerprints, everything after it) to rerun;
     ``only`` runs one stage, whose inputs must be done; ``force`` reruns every selected stage.
+    Stages in ``shared_stages`` are never run here: each must be done where it lives.
     """
+    check_shared_stages(cfg)
     store = Store(cfg.run_dir, cfg.storage_options)
     selected = select_stages(cfg, only, from_stage)
     if until is not None:
@@ -205,6 +232,8 @@ def run_pipeline(
             raise StageError(f"--until {until!r} is not among the selected stages {selected}")
         selected = selected[: selected.index(until) + 1]
     for name in selected:  # e.g. train.backend=xla without torch-xla: say so before hours of upstream work
+        if (only or from_stage) == name and is_shared(cfg, name):
+            raise StageError(f"stage {name} is shared from {cfg.stage_root(name)}: this run only reads it")
         backend = cfg.stage_backend(name)
         if backend is not None:
             require_backend(backend, f"{name}.backend")
@@ -214,27 +243,23 @@ def run_pipeline(
     manifests: dict[str, Manifest] = {}
     try:
         for spec in pipeline(cfg):
-            ups = {i: manifests.get(i) or read_manifest(store, i) for i in spec.inputs}
+            ups = {i: manifests.get(i) or read_manifest(stage_store(cfg, i), i) for i in spec.inputs}
             if spec.name not in selected:
-                m = read_manifest(store, spec.name)
+                m = read_manifest(stage_store(cfg, spec.name), spec.name)
                 if m is not None:
                     manifests[spec.name] = m
                 continue
-            missing = [i for i, m in ups.items() if m is None]
-            if missing:
-                raise StageError(
-                    f"stage {spec.name} needs {', '.join(missing)}, which has not been published; "
-                    f"run without --only/--from (or with --from {missing[0]}) first"
-                )
-            inputs = {i: m for i, m in ups.items() if m is not None}
-            stale_inputs = (
-                _stale_inputs(cfg, store, spec, inputs) if (only or from_stage) and spec.name == selected[0] else []
-            )
+            inputs = _published_inputs(spec, ups)
+            stale_inputs = _stale_inputs(cfg, spec, inputs) if (only or from_stage) and spec.name == selected[0] else []
             if stale_inputs:
                 raise StageError(
                     f"stage {spec.name}: input {', '.join(stale_inputs)} is stale (its config or code changed); "
                     f"rerun from {stale_inputs[0]}"
                 )
+            if is_shared(cfg, spec.name):
+                manifests[spec.name] = _shared_done(cfg, spec, inputs)
+                outcome[spec.name] = "shared"
+                continue
             forced = force or (from_stage == spec.name)
             if not forced:
                 existing = read_manifest(store, spec.name)
@@ -256,7 +281,33 @@ def run_pipeline(
     return outcome
 
 
-def _stale_inputs(cfg: Config, store: Store, spec: StageSpec, inputs: dict[str, Manifest]) -> list[str]:
+def _published_inputs(spec: StageSpec, ups: dict[str, Manifest | None]) -> dict[str, Manifest]:
+    missing = [i for i, m in ups.items() if m is None]
+    if missing:
+        raise StageError(
+            f"stage {spec.name} needs {', '.join(missing)}, which has not been published; "
+            f"run without --only/--from (or with --from {missing[0]}) first"
+        )
+    return {i: m for i, m in ups.items() if m is not None}
+
+
+def _shared_done(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> Manifest:
+    """The manifest of a shared stage, which must be done where it lives (never run from here)."""
+    store = stage_store(cfg, spec.name)
+    existing = read_manifest(store, spec.name)
+    expected, _ = stage_fingerprint(cfg, spec, inputs)
+    reason = not_done_reason(store, existing, expected, cfg.runner.verify)
+    if existing is None or reason is not None:
+        raise StageError(
+            f"stage {spec.name} is shared from {store.url(spec.name)} and is not done ({reason}); this run only "
+            f"reads it: the job that owns it computes it (`microparade sweep run|submit`, or "
+            f"`microparade run {store.url('config.yaml')} --until {spec.name}`)"
+        )
+    log.info("[%s] shared: done at %s (fingerprint %s)", spec.name, store.url(spec.name), expected[:12])
+    return existing
+
+
+def _stale_inputs(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> list[str]:
     """Inputs whose own fingerprint no longer matches the config (only checked for --only/--from)."""
-    status = {s.name: s for s in compute_status(cfg, store, verify=None)}
+    status = {s.name: s for s in compute_status(cfg, verify=None)}
     return [i for i in inputs if status.get(i) is not None and status[i].state != "done"]

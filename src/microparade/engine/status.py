@@ -13,6 +13,7 @@ from typing import Any
 from ..config import Config
 from ..storage import Store, format_bytes
 from .fingerprint import stage_fingerprint
+from .layout import check_shared_stages, stage_store
 from .manifest import FAILED, INCOMPLETE, Manifest, read_manifest, verify_files
 from .markers import read_marker
 from .registry import pipeline
@@ -67,11 +68,13 @@ class StageStatus:
         return self.manifest.slurm_job_id if self.manifest else None
 
 
-def compute_status(cfg: Config, store: Store, verify: str | None = "size") -> list[StageStatus]:
-    """The state of every enabled stage, in pipeline order."""
+def compute_status(cfg: Config, verify: str | None = "size") -> list[StageStatus]:
+    """The state of every enabled stage, in pipeline order (shared stages read where they live)."""
+    check_shared_stages(cfg)
     out: list[StageStatus] = []
     by_name: dict[str, StageStatus] = {}
     for spec in pipeline(cfg):
+        store = stage_store(cfg, spec.name)
         manifest = read_manifest(store, spec.name)
         failed = read_marker(store, spec.name, FAILED)
         incomplete = read_marker(store, spec.name, INCOMPLETE)

@@ -412,6 +412,7 @@ def encode_batch(
     token_budget: int = 8192,
     buckets: ShapeBuckets | None = None,
     use_text: bool = True,
+    use_history: bool = True,
     bucket_step: int = BUCKET_STEP,
 ) -> ModelBatch:
     """Turn examples into a :class:`ModelBatch` (CPU tensors; move with :meth:`ModelBatch.to`).
@@ -419,11 +420,13 @@ def encode_batch(
     With ``buckets`` the efficient encoding packs every valid sequence into one encoder call of a
     bucket's shape (static shapes); without, it cuts length buckets by ``token_budget``. The naive
     encoding is one call of fixed width anyway. ``use_text=False`` (the features-only ablation)
-    builds no encoder input at all.
+    builds no encoder input at all; ``use_history=False`` (the no-history ablation) leaves every
+    history slot empty, so only the candidates are encoded.
     """
     b = len(ex)
     h = ex.history_size
-    slot_mask = np.concatenate([np.ones((b, 1), dtype=bool), ex.hist_mask], axis=1)
+    hist_mask = ex.hist_mask if use_history else np.zeros_like(ex.hist_mask, dtype=bool)
+    slot_mask = np.concatenate([np.ones((b, 1), dtype=bool), hist_mask], axis=1)
     groups: list[EncoderGroup] = []
     valid_tokens = encoded_tokens = 0
     shape: tuple[int, int] | None = None

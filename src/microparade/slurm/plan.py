@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config
+from ..engine.layout import is_shared
 from ..engine.registry import StageSpec, pipeline
 from ..engine.status import StageStatus, compute_status
 from ..storage import Store
@@ -27,9 +28,13 @@ def pending_stages(cfg: Config, stages: list[str] | None = None) -> list[Pending
     that job: launchers make dependents wait on it instead of submitting the stage twice.
     """
     store = Store(cfg.run_dir, cfg.storage_options)
-    statuses = {s.name: s for s in compute_status(cfg, store, verify="size")}
+    statuses = {s.name: s for s in compute_status(cfg, verify="size")}
     todo = [
-        spec for spec in pipeline(cfg) if (not stages or spec.name in stages) and statuses[spec.name].state != "done"
+        spec
+        for spec in pipeline(cfg)
+        if (not stages or spec.name in stages)
+        and statuses[spec.name].state != "done"
+        and not is_shared(cfg, spec.name)  # published by the run that owns it, never by this one
     ]
     recorded = latest_jobs(store)
     queued = queued_jobs() if any(s.name in recorded for s in todo) else {}

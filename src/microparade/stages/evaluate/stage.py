@@ -69,7 +69,7 @@ def _load_bundle(ctx: StageContext, which: str) -> dict[str, Any]:
         raise StageError(
             f"evaluate.model={which} reads {url}, which the train stage did not publish{older}: rerun train"
         )
-    raw = ctx.store.read_bytes(f"{train.stage}/{name}")
+    raw = train.store.read_bytes(f"{train.stage}/{name}")
     try:
         return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -96,6 +96,7 @@ def predict_split(
     """Probabilities for every row of one split, with ids, labels and follower counts."""
     specials = SpecialTokens.from_mapping(bundle["special_tokens"], "the model's special_tokens")
     use_text = bundle["encoder_config"] is not None
+    use_history = bool(bundle["model_config"].get("use_history", True))
     keys = ("row_id", "tweet_id", "b_user_id", "a_follower_count", "labels", "probs")
     cols: dict[str, list[Any]] = {k: [] for k in keys}
     done = 0
@@ -115,6 +116,7 @@ def predict_split(
                 token_budget=token_budget,
                 buckets=buckets,
                 use_text=use_text,
+                use_history=use_history,
             )
             yield batch.examples, mb
 

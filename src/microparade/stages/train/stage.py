@@ -399,6 +399,7 @@ class Trainer:
             token_budget=self.tc.token_budget,
             buckets=self.buckets,
             use_text=self.cfg.model.use_text,
+            use_history=self.cfg.model.use_history,
         )
 
     def train_step(self, mb: ModelBatch) -> torch.Tensor:
