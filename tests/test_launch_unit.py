@@ -24,7 +24,7 @@ from microparade.slurm.dask_allocation import (
 )
 from microparade.slurm.resources import parse_time_minutes, sbatch_args, stage_resources
 from microparade.slurm.resources import submitit_params as _submitit_params
-from microparade.slurm.submit import _check_submittable
+from microparade.slurm.submit import check_submittable
 from tests.helpers.cli import run_cli
 from tests.helpers.paths import ROOT
 
@@ -169,7 +169,7 @@ def test_submitit_jobs_get_the_registry_defaults_that_the_sbatch_scripts_have():
 def test_submit_refuses_scheduler_file_without_a_scheduler(monkeypatch):
     monkeypatch.delenv("MICROPARADE_SCHEDULER_FILE", raising=False)
     with pytest.raises(RuntimeError, match="use slurm/pipeline.sh"):
-        _check_submittable(cfg("cluster.kind=scheduler_file"))
+        check_submittable(cfg("cluster.kind=scheduler_file"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_status_columns_show_the_publishing_job_then_the_latest_recorded_one(tmp
     monkeypatch.delenv("SLURM_JOB_ID")
     record_job(store, "generate", "990002", "sbatch")
     record_job(store, "ingest", "990003", "sbatch")
-    cols = slurm_status_columns(c, compute_status(c, store))
+    cols = slurm_status_columns(c, compute_status(c))
     # Unknown to accounting (these ids were never submitted): state "?", elapsed "-".
     assert cols == {
         "generate": {"slurm_job": "990001", "slurm_state": "?", "elapsed": "-"},
@@ -428,7 +428,7 @@ def test_status_columns_show_the_publishing_job_then_the_latest_recorded_one(tmp
     }
     # A stage run outside Slurm shows no job.
     run_pipeline(c, only="generate", force=True)
-    assert "generate" not in slurm_status_columns(c, compute_status(c, store))
+    assert "generate" not in slurm_status_columns(c, compute_status(c))
 
 
 def test_submitit_jobs_source_the_site_script(tmp_path, monkeypatch):

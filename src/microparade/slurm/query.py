@@ -28,17 +28,22 @@ def queued_jobs() -> dict[str, str]:
     Read from ``squeue`` (the controller itself) rather than ``sacct``: accounting lags the
     scheduler, and a job submitted a moment ago must already count as queued. Empty without Slurm.
     """
-    out = slurm_query(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T"])
+    out = slurm_query(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"])
     jobs = {}
     for line in out.splitlines():
         jid, sep, state = line.strip().partition("|")
         if sep:
-            jobs[jid.split("_")[0]] = state
+            # An array task is listed as ARRAY_TASK (``-r``: one line per task): it stands for
+            # itself and, as any task of it is still queued, for its array job.
+            jobs[jid] = state
+            jobs.setdefault(jid.split("_")[0], state)
     return jobs
 
 
 def sacct_info(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """``{job_id: {state, elapsed, start, end, exit_code, nodelist}}`` from sacct (main job lines)."""
+    """``{job_id: {state, elapsed, start, end, exit_code, nodelist}}`` from sacct (main job lines).
+
+    An array task ``ARRAY_TASK`` is keyed by that id (and, for the first task seen, by the array's id)."""
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
@@ -50,7 +55,7 @@ def sacct_info(job_ids: list[str]) -> dict[str, dict[str, str]]:
         parts = line.split("|")
         if len(parts) < 7:
             continue
-        jid = parts[0].split("_")[0]
+        jid = parts[0]
         info[jid] = {
             "state": parts[1].split()[0] if parts[1] else "",
             "elapsed": parts[2],
@@ -59,7 +64,39 @@ def sacct_info(job_ids: list[str]) -> dict[str, dict[str, str]]:
             "exit_code": parts[5],
             "nodelist": parts[6],
         }
+        info.setdefault(jid.split("_")[0], info[jid])
     return info
+
+
+def _tres_count(tres: str, name: str) -> int:
+    """The count of ``name`` (``cpu``, ``gres/gpu``) in a TRES string like ``cpu=4,mem=8G,gres/gpu=2``."""
+    for item in tres.split(","):
+        key, _, value = item.partition("=")
+        if key == name and value.isdigit():
+            return int(value)
+    return 0
+
+
+def sacct_usage(job_ids: list[str]) -> dict[str, dict[str, float | str]]:
+    """``{job_id: {state, elapsed_s, cpu_hours, gpu_hours}}``: what each job cost, from sacct's
+    elapsed time and allocated CPUs and GPUs (``AllocTRES``); array tasks keyed ``ARRAY_TASK``."""
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        return {}
+    out = slurm_query(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ElapsedRaw,AllocTRES"])
+    usage: dict[str, dict[str, float | str]] = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4 or not parts[2].isdigit():
+            continue
+        seconds = float(parts[2])
+        usage[parts[0]] = {
+            "state": parts[1].split()[0] if parts[1] else "",
+            "elapsed_s": seconds,
+            "cpu_hours": seconds * _tres_count(parts[3], "cpu") / 3600,
+            "gpu_hours": seconds * _tres_count(parts[3], "gres/gpu") / 3600,
+        }
+    return usage
 
 
 def job_state(job_id: str) -> str | None:

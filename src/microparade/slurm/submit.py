@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
+from ..engine.registry import StageSpec
 from ..entry import run_one, setup_logging
 from ..errors import EXIT_OK, EXIT_PREEMPTED, LaunchError
 from ..storage import Store
@@ -94,7 +95,7 @@ def requeue_self(wait_s: float = 600) -> None:
     raise LaunchError(f"job {job} was requeued but not stopped by Slurm within {wait_s:.0f} s")
 
 
-def _check_submittable(cfg: Config) -> None:
+def check_submittable(cfg: Config) -> None:
     c = cfg.cluster
     if c.kind == "scheduler_file" and not (c.scheduler_file or os.environ.get("MICROPARADE_SCHEDULER_FILE")):
         raise LaunchError(
@@ -120,15 +121,13 @@ def submit(config: str, overrides: list[str], stages: list[str] | None = None) -
     Returns one :class:`Submission` per pending stage (empty when every stage is done); stages
     whose job is still queued are not resubmitted, their dependents wait on that job.
     """
-    import submitit
-
     cfg = load_config(config, overrides)
     config_abs = str(Path(config).resolve())
     store = Store(cfg.run_dir, cfg.storage_options)
     todo = pending_stages(cfg, stages)
     if not todo:
         return []
-    _check_submittable(cfg)
+    check_submittable(cfg)
     folder = Path(cfg.slurm.log_dir).resolve() / "submitit" / "%j"
     submitted: dict[str, str] = {}
     out = []
@@ -139,24 +138,33 @@ def submit(config: str, overrides: list[str], stages: list[str] | None = None) -
             submitted[spec.name] = item.active_job
             out.append(Submission(spec.name, item.active_job, already_queued=True))
             continue
-        python = stage_python(cfg, spec)  # e.g. the XLA environment for train on a TPU partition
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=python)
-        params = submitit_params(cfg, spec)
-        extra: dict[str, Any] = {}
         deps = [submitted[i] for i in spec.inputs if i in submitted]
-        if deps:
-            extra.update({"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"})
-        if spec.requeue:
-            extra["requeue"] = True
-        if extra:
-            params["slurm_additional_parameters"] = extra
-        executor.update_parameters(**params)
+        executor = stage_executor(cfg, spec, folder, "afterok:" + ":".join(deps) if deps else None)
         job = executor.submit(StageJob(spec.name, config_abs, overrides))
         jid = str(job.job_id)
         submitted[spec.name] = jid
         record_job(store, spec.name, jid, "submitit", folder=str(folder).replace("%j", jid))
         out.append(Submission(spec.name, jid))
     return out
+
+
+def stage_executor(cfg: Config, spec: StageSpec, folder: Path, dependency: str | None) -> Any:
+    """A submitit executor for one job of ``spec``: its resources and Python, ``--requeue`` for a
+    requeueing stage, and ``dependency`` (e.g. ``afterok:12:13``; a failed one cancels the job)."""
+    import submitit
+
+    python = stage_python(cfg, spec)  # e.g. the XLA environment for train on a TPU partition
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=python)
+    params = submitit_params(cfg, spec)
+    extra: dict[str, Any] = {}
+    if dependency:
+        extra.update({"dependency": dependency, "kill-on-invalid-dep": "yes"})
+    if spec.requeue:
+        extra["requeue"] = True
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    executor.update_parameters(**params)
+    return executor
 
 
 def cancel(cfg: Config) -> list[str]:
