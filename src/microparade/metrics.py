@@ -346,6 +346,17 @@ def _metric_intervals(
     return out
 
 
+def bootstrap_averages(labels: np.ndarray, sets: Sequence[np.ndarray], n: int, seed: int) -> dict[str, np.ndarray]:
+    """``{"ap" | "rce": [len(sets), n]}``: the mean over the targets of AP and of RCE (defined targets
+    only, like ``avg`` of :func:`compute_metrics`; NaN where none is) of every prediction set on the
+    same ``n`` seeded resamples of the rows, those of :func:`paired_bootstrap_many` with that seed."""
+    checked = [_check_predictions(labels, p, f"prediction set {i}") for i, p in enumerate(sets)]
+    if n < 1 or not checked or np.ndim(labels) != 2 or np.shape(labels)[1] != len(TARGETS):
+        raise ValueError(f"need n >= 1 (got {n}), [N, {len(TARGETS)}] labels and at least one prediction set")
+    aps, rces = _bootstrap_draws(checked[0][0], [p for _, p in checked], n, seed)
+    return {"ap": np.stack([_nanmean_rows(a) for a in aps]), "rce": np.stack([_nanmean_rows(r) for r in rces])}
+
+
 def paired_bootstrap_many(
     labels: np.ndarray, pred_a: np.ndarray, others: Mapping[str, np.ndarray], n: int, seed: int
 ) -> dict[str, Intervals]:

@@ -14,6 +14,7 @@ answer "does text earn its compute?": the model should beat both.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,23 @@ BASELINES: tuple[tuple[str, str], ...] = (
     ("features", "GBDT, features only"),
 )
 BASELINE_LABELS: dict[str, str] = dict(BASELINES)
+
+
+@dataclass
+class BaselineSettings:
+    """How the baselines are fit (the report stage's ``report.*`` settings)."""
+
+    #: Labelled training rows sampled (``report.baseline_max_rows``).
+    max_rows: int
+    #: Seed of the sample and of the trees.
+    seed: int
+    #: OpenMP threads of the trees, 0 = the CPUs this process may run on (``report.baseline_threads``).
+    threads: int
+    storage_options: dict[str, Any]
+    #: ``log(message)``: progress of the fits.
+    log: Callable[..., None]
+    #: The baselines fit (keys of :data:`BASELINES`).
+    keys: tuple[str, ...] = tuple(key for key, _ in BASELINES)
 
 
 @dataclass
@@ -126,49 +144,62 @@ class _Predictor:
 def run_baseline(
     ctx: StageContext, chunks: ChunksManifest | None, chunks_note: str, eval_splits: list[str]
 ) -> Baseline:
-    """Train the baselines and predict ``eval_splits`` with OpenMP limited to ``report.baseline_threads``.
+    """The report stage's baselines (``report.baseline`` and ``report.baseline_*``), or why they did not run."""
+    if not ctx.cfg.report.baseline:
+        return Baseline("disabled (report.baseline is false)")
+    if chunks is None:
+        return Baseline(f"chunks: {chunks_note}")
+    rc = ctx.cfg.report
+    settings = BaselineSettings(rc.baseline_max_rows, rc.seed, rc.baseline_threads, ctx.store.storage_options, ctx.log)
+    return fit_baselines(chunks, eval_splits, settings)
+
+
+def fit_baselines(chunks: ChunksManifest, eval_splits: list[str], settings: BaselineSettings) -> Baseline:
+    """Train the baselines and predict ``eval_splits`` with OpenMP limited to ``settings.threads``.
 
     The limit matters on shared nodes: OpenMP teams larger than the free cores spin-wait and run
     an order of magnitude slower than one thread.
     """
     from threadpoolctl import threadpool_limits
 
-    threads = ctx.cfg.report.baseline_threads or available_cpus()
-    with threadpool_limits(limits=threads, user_api="openmp"):
-        return _fit_and_predict(ctx, chunks, chunks_note, eval_splits)
+    with threadpool_limits(limits=settings.threads or available_cpus(), user_api="openmp"):
+        return _fit_and_predict(chunks, eval_splits, settings)
 
 
-def _fit_and_predict(
-    ctx: StageContext, chunks: ChunksManifest | None, chunks_note: str, eval_splits: list[str]
-) -> Baseline:
+def _fit_and_predict(chunks: ChunksManifest, eval_splits: list[str], settings: BaselineSettings) -> Baseline:
     """The baselines trained on the training chunks, with their predictions on ``eval_splits``, or why not."""
-    if not ctx.cfg.report.baseline:
-        return Baseline("disabled (report.baseline is false)")
-    if chunks is None:
-        return Baseline(f"chunks: {chunks_note}")
     if not chunks.files("train"):
         return Baseline("no training chunks")
-    rng = np.random.default_rng(ctx.cfg.report.seed)
+    rng = np.random.default_rng(settings.seed)
     available = sum(f.rows for f in chunks.files("train"))
     out = Baseline("done", n_features=chunks.n_features, train_rows_available=available)
-    sample = _training_sample(ctx, chunks, rng, out)
+    sample = _training_sample(chunks, rng, out, settings)
     if sample.x.shape[0] == 0:
         return Baseline("the training chunks hold no labelled rows")
     out.train_rows = int(sample.x.shape[0])
     y = sample.labels.astype(np.int8)
     rare = _rare_targets(y, out)
-    predictors = {key: _fit(ctx, key, sample.inputs(key), y, rare, out) for key, _ in BASELINES}
+    predictors = {key: _fit(key, sample.inputs(key), y, rare, out, settings) for key in settings.keys}
     for split in eval_splits:
-        _predict_split(ctx, chunks, split, predictors, out)
+        rows = _labelled_rows(chunks, split, settings.storage_options, out.notes)
+        if rows is not None:
+            preds = {key: p.predict(rows.inputs(key)) for key, p in predictors.items()}
+            out.splits[split] = SplitRows(rows.row_id, rows.labels.astype(np.int8), rows.a_follower_count, preds)
     if not out.splits:
         out.status = "no labelled rows in the evaluated splits"
     return out
 
 
-def _read_chunk(ctx: StageContext, f: ChunkFile, n_features: int) -> _Rows:
+def split_labels(chunks: ChunksManifest, split: str, storage_options: dict[str, Any]) -> SplitRows | None:
+    """The labelled rows of one split's chunks (ids, labels, follower counts; no predictions), None without any."""
+    rows = _labelled_rows(chunks, split, storage_options, [])
+    return None if rows is None else SplitRows(rows.row_id, rows.labels.astype(np.int8), rows.a_follower_count, {})
+
+
+def _read_chunk(f: ChunkFile, n_features: int, storage_options: dict[str, Any]) -> _Rows:
     """One chunk's rows: features ``[n, F]`` float32, history statistics, labels, follower counts, row ids."""
     columns = ["row_id", "features", *TARGETS, "a_follower_count", *HISTORY_COLUMNS]
-    table = read_parquet(f.url, ctx.store.storage_options, columns=columns)
+    table = read_parquet(f.url, storage_options, columns=columns)
     col = table.column("features").combine_chunks()
     if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != n_features:
         raise ValueError(
@@ -190,13 +221,15 @@ def _read_chunk(ctx: StageContext, f: ChunkFile, n_features: int) -> _Rows:
     return _Rows(x, hist, labels, afc, row_id)
 
 
-def _training_sample(ctx: StageContext, chunks: ChunksManifest, rng: np.random.Generator, out: Baseline) -> _Rows:
-    """A seeded sample of at most ``report.baseline_max_rows`` labelled training rows.
+def _training_sample(
+    chunks: ChunksManifest, rng: np.random.Generator, out: Baseline, settings: BaselineSettings
+) -> _Rows:
+    """A seeded sample of at most ``settings.max_rows`` labelled training rows.
 
     Whole chunks in a seeded order (chunks are already shuffled row-wise, so this reads only about
     ``max_rows`` rows), then an exact seeded subsample down to ``max_rows``.
     """
-    max_rows = ctx.cfg.report.baseline_max_rows
+    max_rows = settings.max_rows
     train_files = chunks.files("train")
     picked, rows = [], 0
     for i in rng.permutation(len(train_files)):
@@ -204,7 +237,7 @@ def _training_sample(ctx: StageContext, chunks: ChunksManifest, rng: np.random.G
             break
         picked.append(train_files[i])
         rows += train_files[i].rows
-    sample = _Rows.concat([_read_chunk(ctx, f, chunks.n_features) for f in picked])
+    sample = _Rows.concat([_read_chunk(f, chunks.n_features, settings.storage_options) for f in picked])
     known = ~np.isnan(sample.labels).any(axis=1)
     if not known.all():
         out.notes.append(f"{int((~known).sum()):,} training rows without labels left out")
@@ -228,7 +261,9 @@ def _rare_targets(y: np.ndarray, out: Baseline) -> set[str]:
     return rare
 
 
-def _fit(ctx: StageContext, key: str, x: np.ndarray, y: np.ndarray, rare: set[str], out: Baseline) -> _Predictor:
+def _fit(
+    key: str, x: np.ndarray, y: np.ndarray, rare: set[str], out: Baseline, settings: BaselineSettings
+) -> _Predictor:
     """Baseline ``key``: a classifier per target; a constant (the sample's positive rate) for the ``rare`` ones."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -240,36 +275,32 @@ def _fit(ctx: StageContext, key: str, x: np.ndarray, y: np.ndarray, rare: set[st
             iterations[target] = None
             continue
         t0 = time.perf_counter()
-        clf = HistGradientBoostingClassifier(random_state=ctx.cfg.report.seed, **BASELINE_PARAMS)
+        clf = HistGradientBoostingClassifier(random_state=settings.seed, **BASELINE_PARAMS)
         clf.fit(x, y[:, j])
         predictor.models[target] = clf
         iterations[target] = int(clf.n_iter_)
-        ctx.log(
+        settings.log(
             f"baseline {BASELINE_LABELS[key]}, {target}: {clf.n_iter_} trees on {x.shape[0]:,} rows "
             f"x {x.shape[1]} columns in {time.perf_counter() - t0:.1f}s"
         )
     return predictor
 
 
-def _predict_split(
-    ctx: StageContext, chunks: ChunksManifest, split: str, predictors: dict[str, _Predictor], out: Baseline
-) -> None:
-    """Every baseline's predictions for the labelled rows of one split's chunks, into ``out.splits[split]``."""
+def _labelled_rows(
+    chunks: ChunksManifest, split: str, storage_options: dict[str, Any], notes: list[str]
+) -> _Rows | None:
+    """The labelled rows of one split's chunks (None without any); ``notes`` get the rows left out."""
     files = chunks.files(split)
     if not files:
-        out.notes.append(f"{split}: no chunks")
-        return
+        notes.append(f"{split}: no chunks")
+        return None
     parts, unknown = [], 0
     for f in files:
-        rows = _read_chunk(ctx, f, chunks.n_features)
+        rows = _read_chunk(f, chunks.n_features, storage_options)
         ok = ~np.isnan(rows.labels).any(axis=1)
         unknown += int((~ok).sum())
         if ok.any():
             parts.append(rows.take(ok))
     if unknown:
-        out.notes.append(f"{split}: {unknown:,} rows without labels are not scored")
-    if not parts:
-        return
-    rows = _Rows.concat(parts)
-    preds = {key: predictors[key].predict(rows.inputs(key)) for key, _ in BASELINES}
-    out.splits[split] = SplitRows(rows.row_id, rows.labels.astype(np.int8), rows.a_follower_count, preds)
+        notes.append(f"{split}: {unknown:,} rows without labels are not scored")
+    return _Rows.concat(parts) if parts else None

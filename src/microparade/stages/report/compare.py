@@ -62,7 +62,7 @@ def _compare_split(
     model_p = None
     sel = np.arange(rows.row_id.size)
     if model_m is not None:
-        model, why = read_model_predictions(ctx, inputs.manifest("evaluate"), split)
+        model, why = read_model_predictions(inputs.manifest("evaluate"), split)
         if model is None:
             notes.append(f"no paired comparison: {why}; the baselines are scored on every labelled row")
         else:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ...engine.context import StageContext
+from ...engine.layout import stage_store
 from ...engine.manifest import Manifest, read_manifest
 from ...recsys_format import TARGETS
 from ...slurm.query import sacct_info
@@ -61,7 +62,7 @@ def read_inputs(ctx: StageContext) -> ReportInputs:
     chunks, chunks_note = _chunks_contract(manifests.get("chunks"))
     evaluation, eval_note = _read_evaluation(ctx, manifests.get("evaluate"))
     calibration, calibration_note = _read_calibration(ctx, manifests.get("evaluate"))
-    train_log, train_note = _read_train_log(ctx, manifests.get("train"))
+    train_log, train_note = read_step_records(manifests.get("train"))
     sacct, sacct_note = _sacct(manifests)
     return ReportInputs(
         manifests,
@@ -82,7 +83,7 @@ def _manifests(ctx: StageContext) -> dict[str, Manifest | None]:
     """The upstream manifests: the stage's inputs, plus ``generate`` read from the store."""
     out: dict[str, Manifest | None] = {name: ctx.inputs.get(name) for name in UPSTREAM}
     if out["generate"] is None and ctx.cfg.data.generate is not None:
-        out["generate"] = read_manifest(ctx.store, "generate")
+        out["generate"] = read_manifest(stage_store(ctx.cfg, "generate"), "generate")
     return out
 
 
@@ -106,7 +107,7 @@ def _read_evaluation(ctx: StageContext, m: Manifest | None) -> tuple[dict[str, d
         return None, NOT_RUN
     if not _has_file(m, "metrics.json"):
         return None, "the evaluate stage published no metrics.json"
-    data = json.loads(ctx.store.read_bytes(f"{m.stage}/metrics.json"))
+    data = json.loads(m.store.read_bytes(f"{m.stage}/metrics.json"))
     splits = {k: v for k, v in data.items() if isinstance(v, dict) and "ap" in v and "rce" in v}
     if not splits:
         return None, "evaluate/metrics.json holds no split metrics"
@@ -119,7 +120,7 @@ def _read_calibration(ctx: StageContext, m: Manifest | None) -> tuple[dict[str, 
         return None, NOT_RUN
     if not _has_file(m, "calibration.json"):
         return None, "the evaluate stage published no calibration.json (a run from before calibration)"
-    data = json.loads(ctx.store.read_bytes(f"{m.stage}/calibration.json"))
+    data = json.loads(m.store.read_bytes(f"{m.stage}/calibration.json"))
     if not isinstance(data, dict):
         return None, f"{m.url('calibration.json')} is not a JSON object"
     return data, ""
@@ -136,15 +137,15 @@ class ModelPredictions:
     holdout: np.ndarray
 
 
-def read_model_predictions(ctx: StageContext, m: Manifest | None, split: str) -> tuple[ModelPredictions | None, str]:
-    """The model's predictions of ``split``, or None and why not."""
+def read_model_predictions(m: Manifest | None, split: str) -> tuple[ModelPredictions | None, str]:
+    """The model's predictions of ``split`` in the evaluate manifest ``m``, or None and why not."""
     rel = f"predictions/{split}.parquet"
     if m is None:
         return None, f"evaluate: {NOT_RUN}"
     if not _has_file(m, rel):
         return None, f"the evaluate stage published no {rel}"
     url = m.url(rel)
-    so = ctx.store.storage_options
+    so = m.store.storage_options
     names = set(read_parquet_schema(url, so).names)
     missing = [c for c in ("row_id", *TARGETS) if c not in names]
     if missing:
@@ -163,14 +164,15 @@ def read_model_predictions(ctx: StageContext, m: Manifest | None, split: str) ->
     return ModelPredictions(row_id, probs, holdout), ""
 
 
-def _read_train_log(ctx: StageContext, m: Manifest | None) -> tuple[list[dict[str, Any]] | None, str]:
-    """The step records of ``train/metrics.jsonl`` sorted by step, or None and why not."""
+def read_step_records(m: Manifest | None, name: str = "metrics.jsonl") -> tuple[list[dict[str, Any]] | None, str]:
+    """The step records of the train manifest ``m``'s ``name`` (``metrics.jsonl``, ``validation.jsonl``)
+    sorted by step, or None and why not."""
     if m is None:
         return None, NOT_RUN
-    if not _has_file(m, "metrics.jsonl"):
-        return None, "the train stage published no metrics.jsonl"
+    if not _has_file(m, name):
+        return None, f"the train stage published no {name}"
     records = []
-    for line in ctx.store.read_bytes(f"{m.stage}/metrics.jsonl").decode().splitlines():
+    for line in m.store.read_bytes(f"{m.stage}/{name}").decode().splitlines():
         line = line.strip()
         if not line:
             continue
@@ -178,7 +180,7 @@ def _read_train_log(ctx: StageContext, m: Manifest | None) -> tuple[list[dict[st
         if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
             records.append(rec)
     if not records:
-        return None, "train/metrics.jsonl holds no step records"
+        return None, f"train/{name} holds no step records"
     records.sort(key=lambda r: r["step"])
     return records, ""
 

@@ -20,11 +20,14 @@ import base64
 import html
 import io
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ...storage import protocol_of
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,6 +54,24 @@ class Table:
     bold_rows: set[int] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A hyperlink, as a table cell or a line under the title (text elsewhere)."""
+
+    text: str
+    href: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def relative_href(url: str, from_dir: str) -> str:
+    """How a page in ``from_dir`` links to ``url``: a relative path when both are local, else the URL."""
+    if protocol_of(url) == "file" and protocol_of(from_dir) == "file":
+        return os.path.relpath(url, from_dir)
+    return url
+
+
 @dataclass
 class Figure:
     #: File stem: the Markdown references ``plots/{name}.png``.
@@ -71,6 +92,15 @@ Line = tuple[str, Sequence[float], Sequence[float]]
 Panel = tuple[str, str, Sequence[Line], bool]
 #: One :func:`reliability_panels` panel: ``(title, lines)``, each line ``(label, mean predicted, observed)``.
 ReliabilityPanel = tuple[str, Sequence[Line]]
+#: One line of a :func:`group_line_panels` panel: ``(group, label, x, y)``; a group's lines share a colour.
+GroupLine = tuple[int, str, Sequence[float], Sequence[float]]
+#: One :func:`group_line_panels` panel: ``(title, y label, lines, log y)``.
+GroupPanel = tuple[str, str, Sequence[GroupLine], bool]
+#: One column of an :func:`interval_panels` panel: ``(group, label, values, interval)``, the interval
+#: ``(low, high)`` or None.
+PointColumn = tuple[int, str, Sequence[float], "tuple[float, float] | None"]
+#: One :func:`interval_panels` panel: ``(title, y label, columns, reference lines (label, y))``.
+IntervalPanel = tuple[str, str, Sequence[PointColumn], Sequence[tuple[str, float]]]
 
 
 @dataclass
@@ -172,6 +202,12 @@ pre { background: var(--band); border: 1px solid var(--line); padding: 10px 12px
 """
 
 
+def _html_text(value: Any) -> str:
+    """A cell or a line under the title as HTML: a :class:`Link` as an anchor, anything else escaped."""
+    text = html.escape(fmt(value))
+    return f'<a href="{html.escape(value.href)}">{text}</a>' if isinstance(value, Link) else text
+
+
 def _html_table(t: Table) -> str:
     e = html.escape
     out = [f'<div class="caption">{e(t.caption)}</div>' if t.caption else "", '<div class="scroll"><table>']
@@ -181,7 +217,7 @@ def _html_table(t: Table) -> str:
         for j, cell in enumerate(row):
             text = fmt(cell)
             cls = ' class="num"' if j > 0 and _is_numeric(text) else ""
-            cells.append(f"<td{cls}>{e(text)}</td>")
+            cells.append(f"<td{cls}>{_html_text(cell)}</td>")
         cls = ' class="bold"' if i in t.bold_rows else ""
         out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
@@ -204,7 +240,7 @@ def _html_block(b: Block) -> str:
     raise TypeError(f"unknown block {type(b).__name__}")
 
 
-def render_html(title: str, meta_lines: Sequence[str], sections: Sequence[Section]) -> str:
+def render_html(title: str, meta_lines: Sequence[str | Link], sections: Sequence[Section]) -> str:
     """One self-contained HTML page (inline CSS, embedded PNGs, no scripts, no external links)."""
     e = html.escape
     nav = " ".join(f'<a href="#{e(s.id)}">{e(s.title)}</a>' for s in sections if s.level == 2)
@@ -214,7 +250,7 @@ def render_html(title: str, meta_lines: Sequence[str], sections: Sequence[Sectio
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{e(title)}</h1>",
-        "".join(f'<div class="meta">{e(m)}</div>' for m in meta_lines),
+        "".join(f'<div class="meta">{_html_text(m)}</div>' for m in meta_lines),
         f"<nav>{nav}</nav>",
     ]
     for s in sections:
@@ -231,6 +267,11 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _md_text(value: Any) -> str:
+    """A cell or a line under the title as Markdown: a :class:`Link` as ``[text](href)``."""
+    return f"[{fmt(value)}]({value.href})" if isinstance(value, Link) else fmt(value)
+
+
 def _md_table(t: Table) -> str:
     out = []
     if t.caption:
@@ -241,16 +282,18 @@ def _md_table(t: Table) -> str:
     out.append("| " + " | ".join(_md_cell(str(c)) for c in t.columns) + " |")
     out.append("| " + " | ".join(aligns) + " |")
     for i, row in enumerate(t.rows):
-        cells = [_md_cell(fmt(c)) for c in row]
+        cells = [_md_cell(_md_text(c)) for c in row]
         if i in t.bold_rows:
             cells = [f"**{c}**" if c else c for c in cells]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
-def render_markdown(title: str, meta_lines: Sequence[str], sections: Sequence[Section], plot_dir: str = "plots") -> str:
+def render_markdown(
+    title: str, meta_lines: Sequence[str | Link], sections: Sequence[Section], plot_dir: str = "plots"
+) -> str:
     """GitHub-flavoured Markdown; figures are referenced as ``{plot_dir}/{name}.png``."""
-    parts = [f"# {title}", "", *(f"{m}  " for m in meta_lines), ""]
+    parts = [f"# {title}", "", *(f"{_md_text(m)}  " for m in meta_lines), ""]
     for s in sections:
         parts += ["#" * s.level + " " + s.title, ""]
         for b in s.blocks:
@@ -409,4 +452,52 @@ def reliability_panels(
         _style(ax, title, "mean predicted probability", "observed positive rate")
         if k == 0:
             ax.legend(fontsize=8, frameon=False, loc="upper left")
+    return _png(fig)
+
+
+def group_line_panels(
+    panels: Sequence[GroupPanel], *, xlabel: str, columns: int = 2, panel_size: tuple[float, float] = (4.6, 2.9)
+) -> bytes:
+    """Line charts whose lines come in groups (e.g. the seeds of a variant): one colour and one legend
+    entry per group; lines of few points get markers."""
+    fig, axes = _panel_grid(len(panels), columns, panel_size)
+    for ax, (title, ylabel, lines, log_y) in zip(axes, panels):
+        named: set[str] = set()
+        for group, label, x, y in lines:
+            marker = "o" if len(x) <= 20 else None
+            shown = label if label not in named else "_nolegend_"
+            ax.plot(x, y, label=shown, color=_COLORS[group % len(_COLORS)], linewidth=1.3, marker=marker, markersize=3)
+            named.add(label)
+        if log_y:
+            ax.set_yscale("log")
+        _style(ax, title, xlabel, ylabel)
+        if named:
+            ax.legend(fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def interval_panels(
+    panels: Sequence[IntervalPanel], *, columns: int = 2, panel_size: tuple[float, float] = (4.6, 3.2)
+) -> bytes:
+    """Per panel, one column per category: each value as a dot, their mean as a diamond, the interval
+    (where given) as an error bar beside them; reference values as dashed horizontal lines."""
+    fig, axes = _panel_grid(len(panels), columns, panel_size)
+    for ax, (title, ylabel, cols, refs) in zip(axes, panels):
+        for k, (label, y) in enumerate(refs):
+            ax.axhline(y, color=("#9aa3ad", "#5f6b7a")[k % 2], linestyle=("--", ":")[k % 2], linewidth=1.0, label=label)
+        for i, (group, _, values, interval) in enumerate(cols):
+            color = _COLORS[group % len(_COLORS)]
+            ax.scatter([i] * len(values), values, s=16, color=color, alpha=0.6, zorder=3)
+            if len(values):
+                ax.scatter([i], [float(np.mean(values))], marker="D", s=40, color=color, zorder=4)
+            if interval is not None:
+                mid = (interval[0] + interval[1]) / 2
+                err = [[mid - interval[0]], [interval[1] - mid]]
+                ax.errorbar([i + 0.2], [mid], yerr=err, fmt="none", ecolor=color, capsize=4, linewidth=1.4)
+        ax.set_xticks(list(range(len(cols))), [c[1] for c in cols])
+        ax.set_xlim(-0.6, len(cols) - 0.4)
+        _style(ax, title, "", ylabel)
+        ax.grid(False, axis="x")
+        if refs:
+            ax.legend(fontsize=8, frameon=False)
     return _png(fig)

@@ -22,7 +22,19 @@ from ...storage import format_bytes
 from .baseline import BASELINES, Baseline
 from .common import NOT_RUN, TRAIN_SERIES, UPSTREAM, SplitScores, finite, job_id, r2
 from .inputs import ReportInputs
-from .render import Figure, Line, Panel, Paragraph, Preformatted, Section, Table, fmt_duration, line_panels
+from .render import (
+    Figure,
+    Line,
+    Link,
+    Panel,
+    Paragraph,
+    Preformatted,
+    Section,
+    Table,
+    fmt_duration,
+    line_panels,
+    relative_href,
+)
 from .sections_calibration import calibration_section
 from .sections_data import data_sections
 from .sections_results import headline, results_sections
@@ -43,12 +55,14 @@ def build_sections(
     ]
 
 
-def meta_lines(ctx: StageContext) -> list[str]:
-    """The lines under the report's title: the run directory and what built the report."""
-    return [
-        f"run_dir: {ctx.cfg.run_dir}",
-        f"report fingerprint {ctx.fingerprint[:16]}, code {code_version()}",
-    ]
+def meta_lines(ctx: StageContext) -> list[str | Link]:
+    """The lines under the report's title: the run directory, the comparison report of the experiment
+    the run belongs to (``report.comparison``) and what built the report."""
+    lines: list[str | Link] = [f"run_dir: {ctx.cfg.run_dir}"]
+    comparison = ctx.cfg.report.comparison
+    if comparison:
+        lines.append(Link(f"comparison report: {comparison}", relative_href(comparison, ctx.store.url(ctx.name))))
+    return [*lines, f"report fingerprint {ctx.fingerprint[:16]}, code {code_version()}"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Experiments: many variants of one config, sharing their common stages, compared in one report."""
