@@ -17,6 +17,7 @@ from microparade.sweep.experiment import load_experiment
 from microparade.sweep.plan import build_plan
 from tests.helpers.cli import run_cli
 from tests.helpers.paths import ROOT
+from tests.test_sweep_report import check_small_experiment_report
 
 SMALL = ROOT / "experiments" / "small.yaml"
 PAPER = ROOT / "experiments" / "paper.yaml"
@@ -158,6 +159,7 @@ def test_local_sweep_computes_shared_stages_once(tmp_path):
     args = [f"experiment.sweep_dir={sweep}", "train.num_threads=1"]
     out = run_cli("sweep", "run", SMALL, *args, "--parallel", "2").stdout
     assert "computed 7 shared stage(s) and 6 run(s)" in out, out
+    assert f"report {sweep / 'report' / 'index.html'}" in out, out
     units = sorted(p for p in (sweep / "shared").iterdir() if p.is_dir())
     assert len(units) == 7
     started = {}
@@ -189,4 +191,4 @@ def test_local_sweep_computes_shared_stages_once(tmp_path):
     assert status["report"] == "done"
     text = run_cli("sweep", "status", SMALL, *args).stdout
     assert "6/6 run(s) done" in text and "no_text" in text
-    assert (sweep / "report" / "index.html").is_file() and (sweep / "report" / "report.md").is_file()
+    check_small_experiment_report(sweep, args)  # last: it ends by changing a run

@@ -556,13 +556,19 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     """
     if path is None:
         return build_config({}, overrides, source="defaults")
-    p = Path(array_task_path(str(path)))
-    if not p.exists():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    data = read_yaml_mapping(Path(array_task_path(str(path))), "config file", "of sections")
+    return build_config(data, overrides, source=str(path))
+
+
+def read_yaml_mapping(path: Path, what: str, of: str = "") -> dict[str, Any]:
+    """The mapping at the top of the YAML file ``path`` (``what`` it is, for the errors): one
+    :class:`ConfigError` when the file is missing, not YAML, or not a mapping (``of`` what)."""
+    if not path.exists():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return build_config(data, overrides, source=str(path))
+        raise ConfigError(f"{path}: the top level must be a mapping{' ' + of if of else ''}")
+    return data

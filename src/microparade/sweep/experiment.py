@@ -12,10 +12,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from ..config import Config, Section, Split, apply_overrides, build_config, format_validation_errors
+from ..config import (
+    Config,
+    Section,
+    Split,
+    apply_overrides,
+    build_config,
+    format_validation_errors,
+    read_yaml_mapping,
+)
 from ..errors import ConfigError
 from ..storage import join, normalize_url, protocol_of
 
@@ -180,18 +187,6 @@ class Experiment:
         return cfg
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
-
-
 def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Experiment:
     """Load and validate an experiment file.
 
@@ -199,7 +194,7 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
     ``experiment.<key>=<value>`` for the experiment file itself (e.g. ``experiment.seeds=[0]``).
     """
     p = Path(path)
-    data = _read_yaml(p, "experiment file")
+    data = read_yaml_mapping(p, "experiment file")
     overrides = list(overrides or [])
     mine = [o[len(EXPERIMENT_PREFIX) :] for o in overrides if o.startswith(EXPERIMENT_PREFIX)]
     data = apply_overrides(data, mine)
@@ -209,7 +204,7 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
         raise ConfigError(format_validation_errors(exc, f"experiment {p}")) from None
     base: dict[str, Any] = {}
     if spec.base is not None:
-        base = _read_yaml(p.parent / spec.base, f"{p}: base config")
+        base = read_yaml_mapping(p.parent / spec.base, f"{p}: base config")
     exp = Experiment(str(p), spec, base, [o for o in overrides if not o.startswith(EXPERIMENT_PREFIX)])
     _check_variants(exp)
     return exp
