@@ -214,6 +214,7 @@ def test_gpu_ucx_dask_commands_over_infiniband():
     c = cfg(
         "cluster.gpu=true",
         "cluster.protocol=ucx",
+        "cluster.enable_infiniband=true",
         "cluster.interface=ib0",
         "cluster.rmm_pool_size=30GB",
         "cluster.enable_nvlink=false",
@@ -251,6 +252,25 @@ def test_gpu_ucx_dask_commands_over_infiniband():
             "INFINIBAND": "True",
             "NVLINK": "False",
         }
+    # CPU workers over UCX: TCP only, never CUDA, NVLink or (unless enabled) InfiniBand.
+    c = cfg("cluster.protocol=ucx")
+    cmd = dask_worker_command(c, "/s.json", 1, "/tmp", PY)
+    assert cmd[cmd.index("--protocol") + 1] == "ucx" and not [f for f in cmd if "nvlink" in f or "infiniband" in f]
+    env = dask_environment(c)
+    assert {k.removeprefix("DASK_DISTRIBUTED_UCXX__"): v for k, v in env.items() if "UCXX" in k} == {
+        "CREATE_CUDA_CONTEXT": "False",
+        "CUDA_COPY": "False",
+        "TCP": "True",
+        "INFINIBAND": "False",
+        "NVLINK": "False",
+    }
+    assert env["DASK_DISTRIBUTED__COMM__UCX__NVLINK"] == "False" and "DASK_DATAFRAME__BACKEND" not in env
+    assert (
+        dask_environment(cfg("cluster.protocol=ucx", "cluster.enable_infiniband=true"))[
+            "DASK_DISTRIBUTED_UCXX__INFINIBAND"
+        ]
+        == "True"
+    )
     # GPU workers over TCP: cuDF backend, no UCX settings; no RMM pool when it is unset.
     c = cfg("cluster.gpu=true", "cluster.rmm_pool_size=null")
     cmd = dask_worker_command(c, "/s.json", 1, "/tmp", PY)
@@ -275,7 +295,7 @@ def test_shell_join_expands_only_the_node_name_where_the_worker_runs(tmp_path):
 
 def test_dask_commands_cli_output_evaluates_in_bash(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("cluster: {gpu: true, protocol: ucx, interface: ib0}\n")
+    config.write_text("cluster: {gpu: true, protocol: ucx, interface: ib0, enable_infiniband: true}\n")
     proc = run_cli(
         "dask-commands",
         config,

@@ -153,15 +153,17 @@ class ClusterConfig(Section):
     min_workers: int = Field(1, ge=1)
     #: GPU workers: ``dask cuda worker`` per node, cuDF DataFrame backend (slurm/dask-cluster.sh).
     gpu: bool = False
-    #: Dask comm protocol: ``tcp`` or ``ucx`` (UCXX, for InfiniBand/NVLink).
+    #: Dask comm protocol: ``tcp`` or ``ucx`` (UCXX through distributed-ucxx: InfiniBand, NVLink;
+    #: over TCP on CPU nodes without either).
     protocol: Literal["tcp", "ucx"] = "tcp"
     #: Network interface for scheduler and workers (e.g. ``ib0`` for InfiniBand).
     interface: str | None = None
     #: GPU workers: RMM pool per GPU (fraction of GPU memory or a size), and UCX transports.
     rmm_pool_size: str | None = "0.9"
-    #: GPU workers with UCX: use InfiniBand.
-    enable_infiniband: bool = True
-    #: GPU workers with UCX: use NVLink.
+    #: With UCX: use InfiniBand (UCX's ``rc`` transport); off, UCX never tries IB. Turn it on for
+    #: nodes on an InfiniBand fabric.
+    enable_infiniband: bool = False
+    #: GPU workers with UCX: use NVLink (``cuda_ipc``); never on CPU workers.
     enable_nvlink: bool = True
     #: Settings of the ``jobqueue`` kind.
     jobqueue: JobqueueConfig = Field(default_factory=JobqueueConfig)

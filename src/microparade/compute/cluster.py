@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..storage import protocol_of
+from .ucx import ucx_environment, ucx_settings
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -62,6 +63,8 @@ def jobqueue_kwargs(cfg: Config) -> dict[str, Any]:
             kw[key] = val
     if cfg.cluster.protocol == "ucx":
         kw["protocol"] = "ucx"
+        # The worker jobs configure UCX like this process (export before the worker starts).
+        kw["job_script_prologue"] += [f"export {k}={v}" for k, v in ucx_environment(cfg).items()]
     if jq.scheduler_host:
         kw["scheduler_options"] = {"host": jq.scheduler_host}
     return kw
@@ -86,10 +89,11 @@ def _local(cfg: Config) -> Iterator[Client]:
     client = Client(cluster)
     try:
         log.info(
-            "cluster: local, %d worker(s) x %d thread(s), %s each; dashboard %s",
+            "cluster: local, %d worker(s) x %d thread(s), %s each; scheduler %s; dashboard %s",
             c.n_workers,
             c.threads_per_worker,
             c.memory_limit,
+            cluster.scheduler_address,
             client.dashboard_link if c.dashboard else "off",
         )
         yield client
@@ -112,7 +116,13 @@ def _scheduler_file(cfg: Config) -> Iterator[Client]:
     client = Client(scheduler_file=path, timeout="60s")
     try:
         _wait_workers(client, expected_workers(cfg), 180, f"scheduler {path}")
-        log.info("cluster: scheduler_file %s, %s; dashboard %s", path, describe_workers(client), client.dashboard_link)
+        log.info(
+            "cluster: scheduler_file %s at %s, %s; dashboard %s",
+            path,
+            client.scheduler_info().get("address", "?"),
+            describe_workers(client),
+            client.dashboard_link,
+        )
         yield client
     finally:
         client.close()
@@ -132,9 +142,10 @@ def _jobqueue(cfg: Config) -> Iterator[Client]:
         _wait_workers(client, max(c.min_workers, 1), c.jobqueue.wait_timeout_s, "SLURMCluster")
         jobs = sorted(str(job.job_id) for job in cluster.workers.values() if getattr(job, "job_id", None))
         log.info(
-            "cluster: %s in Slurm job(s) %s; dashboard %s",
+            "cluster: %s in Slurm job(s) %s; scheduler %s; dashboard %s",
             describe_workers(client),
             ", ".join(jobs) or "?",
+            cluster.scheduler_address,
             client.dashboard_link,
         )
         yield client
@@ -158,4 +169,5 @@ def dask_client(cfg: Config) -> Iterator[Client]:
     kind = _KINDS.get(cfg.cluster.kind)
     if kind is None:  # pragma: no cover - validated by the config
         raise ValueError(f"unknown cluster.kind {cfg.cluster.kind!r}")
-    yield from kind(cfg)
+    with ucx_settings(cfg):
+        yield from kind(cfg)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..compute.backends import process_rank
 from ..compute.factory import require_backend
+from ..compute.ucx import require_ucx
 from ..config import Config
 from ..errors import PreemptedError, StageError
 from ..storage import Store, format_bytes, parquet_rows
@@ -33,7 +34,7 @@ from .manifest import (
     read_manifest,
 )
 from .markers import check_not_running, owner_marker
-from .registry import StageSpec, pipeline
+from .registry import StageSpec, by_name, pipeline
 from .status import compute_status, not_done_reason
 
 log = logging.getLogger("microparade")
@@ -231,6 +232,8 @@ def run_pipeline(
         if until not in selected:
             raise StageError(f"--until {until!r} is not among the selected stages {selected}")
         selected = selected[: selected.index(until) + 1]
+    if any(by_name(name).dask for name in selected):
+        require_ucx(cfg)  # cluster.protocol=ucx without distributed-ucxx: say so before anything runs
     for name in selected:  # e.g. train.backend=xla without torch-xla: say so before hours of upstream work
         if (only or from_stage) == name and is_shared(cfg, name):
             raise StageError(f"stage {name} is shared from {cfg.stage_root(name)}: this run only reads it")

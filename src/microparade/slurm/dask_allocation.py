@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import sys
 
+from ..compute.ucx import ucx_environment
 from ..config import Config
 
 
@@ -64,7 +65,7 @@ def dask_worker_command(
     if c.gpu:
         cmd = [py, "-m", "dask", "cuda", "worker", "--scheduler-file", scheduler_file]
         cmd += ["--local-directory", local_directory]
-        if c.protocol == "ucx":
+        if c.protocol == "ucx":  # the same transports as ucx_environment
             cmd += ["--protocol", "ucx", "--enable-tcp-over-ucx"]
             cmd += ["--enable-infiniband" if c.enable_infiniband else "--disable-infiniband"]
             cmd += ["--enable-nvlink" if c.enable_nvlink else "--disable-nvlink"]
@@ -86,24 +87,10 @@ def dask_worker_command(
 
 
 def dask_environment(cfg: Config) -> dict[str, str]:
-    """Environment for scheduler, workers and client: cuDF backend and UCX settings on GPU nodes.
-
-    UCX settings are given under distributed-ucxx's keys (``DASK_DISTRIBUTED_UCXX__*``) and under
-    the legacy ``distributed.comm.ucx`` keys that older dask-cuda/distributed releases read.
-    """
+    """Environment for scheduler, workers and client: the cuDF backend on GPU nodes, and with
+    ``cluster.protocol=ucx`` the UCX transports the config allows (:func:`~microparade.compute.ucx.ucx_environment`)."""
     env: dict[str, str] = {}
-    c = cfg.cluster
-    if c.gpu:
+    if cfg.cluster.gpu:
         env["DASK_DATAFRAME__BACKEND"] = "cudf"
-    if c.protocol == "ucx" and c.gpu:
-        settings = {
-            "CREATE_CUDA_CONTEXT": "True",
-            "CUDA_COPY": "True",
-            "TCP": "True",
-            "INFINIBAND": str(c.enable_infiniband),
-            "NVLINK": str(c.enable_nvlink),
-        }
-        for key, value in settings.items():
-            env[f"DASK_DISTRIBUTED_UCXX__{key}"] = value
-            env[f"DASK_DISTRIBUTED__COMM__UCX__{key}"] = value
+    env.update(ucx_environment(cfg))
     return env
