@@ -9,6 +9,8 @@
 # Or as a wrapper inside an allocation (COMMAND finds the scheduler file in
 # $MICROPARADE_SCHEDULER_FILE, which cluster.kind=scheduler_file also reads):
 #     slurm/dask-cluster.sh CONFIG [key=value ...] -- COMMAND [ARGS ...]
+# or submitted as the batch script of that allocation, e.g. every preprocessing stage in one job:
+#     sbatch --nodes=2 slurm/dask-cluster.sh CONFIG k=v -- python -m microparade.cli run CONFIG k=v --until chunks
 # With cluster.gpu=true the workers are `dask cuda worker` (one per GPU, cuDF backend, --protocol
 # ucx with InfiniBand/NVLink when cluster.protocol=ucx). Workers are named after their node
 # ($SLURMD_NODENAME). The scheduler file and the logs (scheduler.log, worker-<task>.log) live in
@@ -17,6 +19,9 @@
 # /tmp, node-local).
 
 _dc_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Submitted itself (`sbatch slurm/dask-cluster.sh ...`), this script runs from Slurm's spool
+# directory: find the checkout as the stage scripts do.
+[ -f "$_dc_here/common.sh" ] || _dc_here="${MICROPARADE_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm"
 # shellcheck disable=SC1091
 source "$_dc_here/common.sh"
 

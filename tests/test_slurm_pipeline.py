@@ -33,7 +33,7 @@ import pytest
 
 from tests.helpers.cli import run_cli
 from tests.helpers.paths import ROOT
-from tests.helpers.slurm_cluster import sbatch, wait_jobs
+from tests.helpers.slurm_cluster import jobqueue_overrides, sbatch, wait_jobs
 
 # The first test to use the module fixture waits for a whole chain (CHAIN_TIMEOUT_S) after launching it.
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
@@ -273,15 +273,7 @@ def launched(slurm, tmp_path_factory) -> Launched:
             *overrides(
                 e,
                 *raw_from(a),
-                "cluster.kind=jobqueue",
-                "cluster.jobqueue.jobs=2",
-                "cluster.jobqueue.cores=1",
-                "cluster.jobqueue.memory=1GiB",
-                "cluster.jobqueue.walltime=00:15:00",
-                "cluster.jobqueue.scheduler_host=127.0.0.1",
-                f"cluster.jobqueue.python={sys.executable}",
-                f"cluster.jobqueue.log_directory={e / 'logs'}",
-                "cluster.min_workers=2",
+                *jobqueue_overrides(e / "logs"),
             ),
         ],
         env=env,

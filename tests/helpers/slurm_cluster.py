@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -197,3 +198,19 @@ def wait_jobs(job_ids: Iterable[str | int], timeout: float = 120.0, poll: float 
                 f"Slurm jobs not finished after {timeout:.0f} s ({detail}){sacct_error}\nsqueue:\n{_squeue()}"
             )
         time.sleep(poll)
+
+
+def jobqueue_overrides(log_dir: Path | str) -> list[str]:
+    """``cluster.kind=jobqueue`` sized for the emulated nodes: two one-core worker jobs of this
+    interpreter, reaching the scheduler on loopback, logs in ``log_dir``."""
+    return [
+        "cluster.kind=jobqueue",
+        "cluster.jobqueue.jobs=2",
+        "cluster.jobqueue.cores=1",
+        "cluster.jobqueue.memory=1GiB",
+        "cluster.jobqueue.walltime=00:15:00",
+        "cluster.jobqueue.scheduler_host=127.0.0.1",
+        f"cluster.jobqueue.python={sys.executable}",
+        f"cluster.jobqueue.log_directory={log_dir}",
+        "cluster.min_workers=2",
+    ]
