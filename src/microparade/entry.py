@@ -20,6 +20,7 @@ from .errors import (
     EXIT_OK,
     EXIT_PREEMPTED,
     EXIT_USAGE,
+    BackendError,
     ConfigError,
     LaunchError,
     PreemptedError,
@@ -66,7 +67,7 @@ def exit_code_for(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_PREEMPTED, str(exc)
     if isinstance(exc, (StageError, LaunchError)):
         return EXIT_FAILED, str(exc)
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, (ConfigError, BackendError)):  # bad config, or an extra this Python lacks
         return EXIT_USAGE, str(exc)
     if isinstance(exc, (KeyError, ValueError, FileNotFoundError)):
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

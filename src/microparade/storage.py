@@ -27,6 +27,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -51,6 +53,43 @@ def format_bytes(n: int | float | None) -> str:
 
 def protocol_of(url: str) -> str:
     return url.split("://", 1)[0] if "://" in url else "file"
+
+
+#: The package that gives fsspec each cloud URL scheme; the ``cloud`` extra installs them.
+CLOUD_BACKENDS = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs"}
+
+
+def _missing_backend(url: str, exc: ImportError) -> ConfigError:
+    proto = protocol_of(url)
+    package = CLOUD_BACKENDS.get(proto)
+    if package:
+        return ConfigError(
+            f"{url}: {proto}:// URLs need {package}, which is not installed: "
+            "pip install -e '.[cloud]' (or bash env/install.sh cloud)"
+        )
+    return ConfigError(f"{url}: {proto}:// URLs need an fsspec backend that is not installed ({exc})")
+
+
+def require_filesystem(url: str) -> None:
+    """One :class:`ConfigError` naming the extra to install when ``url``'s scheme has no fsspec
+    backend here (``s3://`` without s3fs); checked before anything runs."""
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(protocol_of(url))
+    except ImportError as exc:
+        raise _missing_backend(url, exc) from None
+    except ValueError as exc:
+        raise ConfigError(f"{url}: {exc}") from None
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """``(fsspec filesystem, path)`` of ``url``: fsspec's ``url_to_fs``, with a missing backend
+    reported as one :class:`ConfigError` naming the extra."""
+    try:
+        return url_to_fs(url, **(storage_options or {}))
+    except ImportError as exc:
+        raise _missing_backend(url, exc) from None
 
 
 def normalize_url(url: str) -> str:
@@ -134,7 +173,7 @@ class Store:
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
         self.root = normalize_url(root)
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root_path = url_to_fs(self.root, **self.storage_options)
+        self.fs, self.root_path = filesystem(self.root, self.storage_options)
         self.protocol = protocol_of(self.root)
         self.local = self.protocol == "file"
 
@@ -331,7 +370,7 @@ class HashingWriter(io.RawIOBase):
 def glob(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Expand a URL or glob into a sorted list of full file URLs."""
     url = normalize_url(url)
-    fs, path = url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     try:
         fs.invalidate_cache()
     except Exception:  # pragma: no cover
@@ -371,7 +410,7 @@ class Written:
 
 def _read_url(url: str, read: Callable[[IO[bytes]], T], storage_options: dict[str, Any] | None, what: str) -> T:
     """``read(f)`` on the file at ``url``, opened for reading; retried as a whole."""
-    fs, path = url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
 
     def attempt() -> T:
         with fs.open(path, "rb") as f:
@@ -409,13 +448,13 @@ def parquet_rows(url: str, storage_options: dict[str, Any] | None = None) -> int
 
 def read_range(url: str, start: int, end: int, storage_options: dict[str, Any] | None = None) -> bytes:
     """Bytes ``[start, end)`` of the file at ``url``."""
-    fs, path = url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     return retry(lambda: fs.cat_file(path, start=start, end=end), what=f"read bytes {start}-{end} of {url}")
 
 
 def url_size(url: str, storage_options: dict[str, Any] | None = None) -> int:
     """The size in bytes of the file at ``url``."""
-    fs, path = url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
     return retry(lambda: int(fs.size(path)), what=f"size of {url}")
 
 
@@ -428,7 +467,7 @@ def write_url(
     file over: ``write`` is called again on a fresh sink, so it must write everything from the
     start. Parent directories are created on local filesystems (object stores have none).
     """
-    fs, path = url_to_fs(url, **(storage_options or {}))
+    fs, path = filesystem(url, storage_options)
 
     def attempt() -> tuple[T, Written]:
         if isinstance(fs, LocalFileSystem):

@@ -6,21 +6,37 @@ the first stage that asks and closes it at the end of the run. The dashboard lin
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
+from ..errors import ConfigError
 from ..storage import protocol_of
-from .ucx import ucx_environment, ucx_settings
+from .ucx import require_ucx, ucx_environment, ucx_settings
 
 if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger("microparade")
+
+
+def require_cluster(cfg: Config) -> None:
+    """Fail now, before any stage runs, when this Python lacks what ``cluster`` asks for: one
+    :class:`ConfigError` naming the extra (``gpu`` for ``cluster.gpu``, ``ucx`` for UCX)."""
+    require_ucx(cfg)
+    if cfg.cluster.gpu:
+        missing = [m for m in ("dask_cuda", "dask_cudf") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"cluster.gpu=true needs {' and '.join(missing)}, which this Python ({sys.executable}) lacks: "
+                "pip install -e '.[gpu]' with a CUDA build of torch (docs/slurm.md, GPU workers)"
+            )
 
 
 def _wait_workers(client: Client, n: int, timeout: float, what: str) -> None:

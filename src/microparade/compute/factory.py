@@ -19,12 +19,14 @@ def require_backend(name: str, key: str) -> None:
     """Fail now, before any stage runs, when backend ``name`` (config key ``key``) cannot work in
     this Python: ``xla`` without torch-xla installed."""
     if name == "xla":
-        import importlib.util
-
-        if importlib.util.find_spec("torch_xla") is None:
+        try:
+            import torch_xla  # noqa: F401
+        except ImportError as exc:
             from .xla import INSTALL_HINT
 
-            raise BackendError(f"{key}=xla needs torch-xla, which this Python ({sys.executable}) lacks; {INSTALL_HINT}")
+            raise BackendError(
+                f"{key}=xla needs torch-xla, which this Python ({sys.executable}) cannot import ({exc}); {INSTALL_HINT}"
+            ) from None
 
 
 def make_backend(name: str, environ: Mapping[str, str] | None = None) -> Backend:

@@ -13,11 +13,11 @@ import traceback
 from typing import Any
 
 from ..compute.backends import process_rank
+from ..compute.cluster import require_cluster
 from ..compute.factory import require_backend
-from ..compute.ucx import require_ucx
 from ..config import Config
 from ..errors import PreemptedError, StageError
-from ..storage import Store, format_bytes, parquet_rows
+from ..storage import Store, format_bytes, parquet_rows, require_filesystem
 from .context import RunSession, StageContext
 from .fingerprint import code_version, git_commit, stage_fingerprint
 from .layout import check_shared_stages, is_shared, stage_store
@@ -232,9 +232,13 @@ def run_pipeline(
         if until not in selected:
             raise StageError(f"--until {until!r} is not among the selected stages {selected}")
         selected = selected[: selected.index(until) + 1]
+    # What this Python lacks for the config (s3fs for s3://, torch-xla, dask-cuda...): one line now,
+    # not a traceback after hours of upstream work.
+    for url in (cfg.run_dir, *cfg.shared_stages.values(), *cfg.data.raw.train, *cfg.data.raw.valid, *cfg.data.raw.test):
+        require_filesystem(url)
     if any(by_name(name).dask for name in selected):
-        require_ucx(cfg)  # cluster.protocol=ucx without distributed-ucxx: say so before anything runs
-    for name in selected:  # e.g. train.backend=xla without torch-xla: say so before hours of upstream work
+        require_cluster(cfg)
+    for name in selected:
         if (only or from_stage) == name and is_shared(cfg, name):
             raise StageError(f"stage {name} is shared from {cfg.stage_root(name)}: this run only reads it")
         backend = cfg.stage_backend(name)

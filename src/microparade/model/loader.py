@@ -39,10 +39,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from ..stages.chunks.contract import ChunkFile, ChunksManifest
-from ..storage import retry
+from ..storage import filesystem, retry
 from .batching import ID_COLUMNS, TRAIN_COLUMNS, Examples
 
 
@@ -113,7 +112,7 @@ class ChunkLoader:
         self.remainder, self.drop_last = remainder, drop_last
         self.with_ids = with_ids
         self.storage_options = dict(storage_options or {})
-        self.fs, _ = url_to_fs(manifest.url, **self.storage_options)
+        self.fs, _ = filesystem(manifest.url, self.storage_options)
         self.chunks: list[ChunkFile] = list(manifest.files(split))
         self._columns = list(TRAIN_COLUMNS) + (list(ID_COLUMNS) if with_ids else [])
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-prefetch")

@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-import fsspec
 import numpy as np
 
 from ...assets import resolve_model_path
 from ...recsys_format import FIELD_SEP, TARGETS
-from ...storage import join, write_url
+from ...storage import filesystem, join, write_url
 from .content import Content, make_content
 from .engagement import Labels, engage
 from .impressions import Impressions, SplitLayout, sample_impressions
@@ -316,7 +315,7 @@ def _write_splits(
     log: _Progress,
 ) -> list[dict]:
     """Shuffle each split once, cut it into files of ``rows_per_file`` lines and write them."""
-    fs, root = fsspec.core.url_to_fs(out, **storage_options)
+    fs, root = filesystem(out, storage_options)
     suffix = _COMPRESSION_SUFFIX[compression]
     boolean = np.array(["false", "true"], dtype=object)
     user_fields = np.array(

@@ -31,12 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dask.utils import format_bytes, parse_bytes
-from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
 from ...compute.progress import gather_in_order
 from ...config import SPLITS
-from ...storage import glob, read_parquet, url_size, write_parquet, write_url
+from ...storage import filesystem, glob, read_parquet, url_size, write_parquet, write_url
 from .parsing import QUARANTINE_BLOCK_SCHEMA, SCHEMA, field_counts, parse_block
 
 if TYPE_CHECKING:
@@ -146,7 +145,7 @@ class _BlockCounts:
 
 def _parse_into(sink: IO[bytes], task: BlockTask) -> _BlockCounts:
     """Parse the block's lines, writing the valid rows to ``sink`` as one Parquet file."""
-    fs, path = url_to_fs(task.url, **task.storage_options)
+    fs, path = filesystem(task.url, task.storage_options)
     counts = _BlockCounts()
     with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
         with fs.open(path, "rb", compression=task.compression) as f:
