@@ -470,7 +470,8 @@ def test_two_node_job_runs_dask_workers_on_both_nodes(launched):
     assert nodes == "node[1-2]"
     log = (d / "logs" / f"ingest-{job}.out").read_text()
     assert "dask: scheduler on node1, 2 worker task(s)" in log, log[-3000:]
-    assert re.search(r"cluster: scheduler_file \S+scheduler\.json at \S+, 2 worker\(s\): node1, node2", log), log[-3000:]
+    connected = r"cluster: scheduler_file \S+scheduler\.json at \S+, 2 worker\(s\): node1, node2"
+    assert re.search(connected, log), log[-3000:]
     sched_log = (d / "logs" / f"dask-{job}" / "scheduler.log").read_text()
     assert re.search(r"Register worker addr: \S+ name: node1$", sched_log, flags=re.M), sched_log[-3000:]
     assert re.search(r"Register worker addr: \S+ name: node2$", sched_log, flags=re.M), sched_log[-3000:]
