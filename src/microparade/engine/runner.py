@@ -269,9 +269,7 @@ def run_pipeline(
                 continue
             forced = force or (from_stage == spec.name)
             if not forced:
-                existing = read_manifest(store, spec.name)
-                expected, _ = stage_fingerprint(cfg, spec, inputs)
-                reason = not_done_reason(store, existing, expected, cfg.runner.verify)
+                existing, expected, reason = _published_state(cfg, spec, store, inputs)
                 if existing is not None and reason is None:
                     log.info("[%s] skipped: done (fingerprint %s)", spec.name, expected[:12])
                     manifests[spec.name] = existing
@@ -298,12 +296,20 @@ def _published_inputs(spec: StageSpec, ups: dict[str, Manifest | None]) -> dict[
     return {i: m for i, m in ups.items() if m is not None}
 
 
+def _published_state(
+    cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest]
+) -> tuple[Manifest | None, str, str | None]:
+    """The stage's published manifest in ``store``, the fingerprint expected now, and why the stage
+    is not done (None when it is)."""
+    existing = read_manifest(store, spec.name)
+    expected, _ = stage_fingerprint(cfg, spec, inputs)
+    return existing, expected, not_done_reason(store, existing, expected, cfg.runner.verify)
+
+
 def _shared_done(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> Manifest:
     """The manifest of a shared stage, which must be done where it lives (never run from here)."""
     store = stage_store(cfg, spec.name)
-    existing = read_manifest(store, spec.name)
-    expected, _ = stage_fingerprint(cfg, spec, inputs)
-    reason = not_done_reason(store, existing, expected, cfg.runner.verify)
+    existing, expected, reason = _published_state(cfg, spec, store, inputs)
     if existing is None or reason is not None:
         raise StageError(
             f"stage {spec.name} is shared from {store.url(spec.name)} and is not done ({reason}); this run only "
