@@ -314,7 +314,7 @@ def _shared_done(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> M
         raise StageError(
             f"stage {spec.name} is shared from {store.url(spec.name)} and is not done ({reason}); this run only "
             f"reads it: the job that owns it computes it (`microparade sweep run|submit`, or "
-            f"`microparade run {store.url('config.yaml')} --until {spec.name}`)"
+            f"`microparade run {store.url('config.yaml')} --only {spec.name}`)"
         )
     log.info("[%s] shared: done at %s (fingerprint %s)", spec.name, store.url(spec.name), expected[:12])
     return existing
