@@ -137,6 +137,8 @@ def build_plan(exp: Experiment) -> SweepPlan:
     sweep = exp.sweep_dir
     units: dict[str, SharedUnit] = {}
     runs: list[SweepRun] = []
+    #: Each run's last stage's identity: equal for two runs that would compute the same thing.
+    run_identities: list[str] = []
     for variant in exp.spec.variants:
         for seed in exp.spec.seeds:
             run_dir = join(sweep, "runs", variant, f"seed-{seed}")
@@ -160,8 +162,9 @@ def build_plan(exp: Experiment) -> SweepPlan:
             roots = {stage: units[key].root for stage, key in shared.items()}
             cfg = cfg.model_copy(update={"shared_stages": roots})
             runs.append(SweepRun(len(runs), variant, seed, cfg, model_stages, shared))
+            run_identities.append(identities[spec.name])
     plan = SweepPlan(exp, runs, list(units.values()))
-    _check_distinct(plan)
+    _check_distinct(plan, run_identities)
     return plan
 
 
@@ -185,20 +188,11 @@ def _new_unit(sweep: str, spec: StageSpec, identity: str, cfg: Config, upstream:
     return SharedUnit(spec.name, identity, root, unit_cfg)
 
 
-def _run_identity(run: SweepRun) -> str:
-    """The identity of a run's last model stage: equal for two runs that would compute the same."""
-    identities: dict[str, str] = {}
-    for spec in pipeline(run.cfg):
-        identities[spec.name] = stage_identity(run.cfg, spec, {i: identities[i] for i in spec.inputs})
-    return identities[pipeline(run.cfg)[-1].name]
-
-
-def _check_distinct(plan: SweepPlan) -> None:
+def _check_distinct(plan: SweepPlan, run_identities: list[str]) -> None:
     """One error naming every run that would compute exactly what another run computes."""
     seen: dict[str, SweepRun] = {}
     problems = []
-    for run in plan.runs:
-        ident = _run_identity(run)
+    for run, ident in zip(plan.runs, run_identities, strict=True):
         if ident in seen:
             problems.append(
                 f"{run.label} computes exactly what {seen[ident].label} computes (same config after overrides): "
