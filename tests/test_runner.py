@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -167,6 +168,10 @@ def test_crash_injection_sigkill_mid_write_then_rerun_is_byte_identical(tmp_path
 
     out = run_cli("run", crash, "--until", "ingest")
     assert "skipped generate" in out.stdout or "skipped: done" in out.stderr
+    host = socket.gethostname()
+    assert (
+        f"[ingest] took over the lease of pid {proc.pid} on {host}: process {proc.pid} on {host} is gone" in out.stderr
+    )
     assert _states(crash)["ingest"] == "done"
     for stage in ("generate", "ingest"):
         assert _digests(tmp_path / "crash", stage) == _digests(tmp_path / "ref", stage), stage

@@ -175,6 +175,23 @@ class RunnerConfig(Section):
     verify: Literal["sha256", "size"] = "sha256"
     #: Keep ``{stage}/_work`` (checkpoints) after a stage publishes.
     keep_work: bool = False
+    #: Seconds between two heartbeats of the lease a runner holds on the stage it computes.
+    lease_heartbeat_s: float = Field(30.0, gt=0)
+    #: A lease whose heartbeat is older than this is dead and is taken over: the rule for an owner
+    #: on another host outside Slurm (clocks must agree to well within it). At least 3 heartbeats.
+    lease_expiry_s: float = Field(600.0, gt=0)
+    #: Seconds to wait for a stage that a live runner elsewhere is computing before giving up
+    #: (0: refuse at once; ``microparade run --wait`` waits without limit).
+    lease_wait_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _expiry_covers_heartbeats(self) -> RunnerConfig:
+        if self.lease_expiry_s < 3 * self.lease_heartbeat_s:
+            raise ValueError(
+                f"runner.lease_expiry_s ({self.lease_expiry_s:g}) must be at least 3 x runner.lease_heartbeat_s "
+                f"({self.lease_heartbeat_s:g}): a live owner would be taken over"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------------

@@ -274,7 +274,34 @@ class Store:
             retry(via_temporary, what=f"write {self.url(rel)}")
 
     def write_json_atomic(self, rel: str, obj: Any) -> None:
-        self.write_bytes_atomic(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        self.write_bytes_atomic(rel, _json_bytes(obj))
+
+    def create_json(self, rel: str, obj: Any) -> bool:
+        """Create ``rel`` holding ``obj`` only if no file is there; True if this call created it.
+
+        Exactly one of several concurrent callers wins, on every backend that has an atomic
+        create: local and NFS files (a complete temporary hard-linked into place: ``link(2)`` fails
+        when the name exists), gs:// (``ifGenerationMatch=0``) and s3:// (``If-None-Match: *``).
+        Other filesystems check, then write: two callers within that gap can both win. ``obj``
+        should hold something unique to the caller, so that a retried request recognises its own file.
+        """
+        data, target = _json_bytes(obj), self.path(rel)
+        if self.local:
+            return _link_new_file(target, data)
+        mode = "create" if self.protocol in ("gs", "gcs", "s3", "s3a", "memory") else "overwrite"
+
+        def create() -> bool:
+            try:
+                if mode == "overwrite" and self.fs.exists(target):
+                    raise FileExistsError(target)
+                self.fs.pipe_file(target, data, mode=mode)
+            except FileExistsError:
+                # A retried request whose first attempt did create the file finds its own bytes.
+                return bool(self.fs.cat_file(target) == data)
+            return True
+
+        self.invalidate()
+        return retry(create, what=f"create {self.url(rel)}")
 
     def rm(self, rel: str, recursive: bool = True) -> None:
         p = self.path(rel)
@@ -322,6 +349,29 @@ def _find_files(fs: Any, path: str) -> list[str]:
         for entry in fs.ls(todo.pop(), detail=True):
             (todo if entry["type"] == "directory" else files).append(entry["name"])
     return sorted(files)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _link_new_file(target: str, data: bytes) -> bool:
+    """Publish ``data`` at the local path ``target`` unless a file is there (see :meth:`Store.create_json`)."""
+    d = posixpath.dirname(target)
+    os.makedirs(d, exist_ok=True)
+    tmp = posixpath.join(d, f".{posixpath.basename(target)}.new-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(d)
+    return True
 
 
 def _fsync_dir(d: str) -> None:

@@ -26,8 +26,9 @@ INCOMPLETE = "_INCOMPLETE.json"
 FAILED = "_FAILED.json"
 STAGING = "_staging"
 WORK = "_work"
+LEASE_DIR = "_lease"
 MANIFEST_SCHEMA = "microparade.manifest/1"
-RESERVED = (MANIFEST, INCOMPLETE, FAILED, STAGING, WORK)
+RESERVED = (MANIFEST, INCOMPLETE, FAILED, STAGING, WORK, LEASE_DIR)
 
 
 def sha256_bytes(b: bytes) -> str:

@@ -9,9 +9,8 @@ import socket
 import sys
 from typing import Any
 
-from ..errors import StageError
 from ..storage import Store
-from .manifest import INCOMPLETE, now_iso
+from .manifest import now_iso
 
 
 def read_marker(store: Store, stage: str, name: str) -> dict[str, Any] | None:
@@ -23,11 +22,12 @@ def read_marker(store: Store, stage: str, name: str) -> dict[str, Any] | None:
         return {"error": "unreadable marker"}
 
 
-def owner_marker(stage: str, fingerprint: str) -> dict[str, Any]:
-    """The ``_INCOMPLETE.json`` content for this process starting ``stage``."""
+def owner_marker(stage: str, fingerprint: str, lease_epoch: int) -> dict[str, Any]:
+    """The ``_INCOMPLETE.json`` content for this process starting ``stage`` under lease ``lease_epoch``."""
     return {
         "stage": stage,
         "fingerprint": fingerprint,
+        "lease_epoch": lease_epoch,
         "started": now_iso(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -51,24 +51,3 @@ def slurm_info() -> dict[str, Any] | None:
         "cluster": "SLURM_CLUSTER_NAME",
     }
     return {k: env[v] for k, v in keys.items() if v in env}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def check_not_running(store: Store, stage: str) -> None:
-    marker = read_marker(store, stage, INCOMPLETE)
-    if not marker:
-        return
-    if marker.get("host") == socket.gethostname() and isinstance(marker.get("pid"), int):
-        if marker["pid"] != os.getpid() and pid_alive(marker["pid"]):
-            raise StageError(
-                f"stage {stage} is already running in process {marker['pid']} on this host "
-                f"(started {marker.get('started')}); wait for it or kill it first"
-            )

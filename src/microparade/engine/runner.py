@@ -21,6 +21,7 @@ from ..storage import Store, format_bytes, parquet_rows, require_filesystem
 from .context import RunSession, StageContext
 from .fingerprint import code_version, git_commit, stage_fingerprint
 from .layout import check_shared_stages, is_shared, stage_store
+from .lease import StageLease, stage_lease
 from .manifest import (
     FAILED,
     INCOMPLETE,
@@ -33,7 +34,7 @@ from .manifest import (
     now_iso,
     read_manifest,
 )
-from .markers import check_not_running, owner_marker
+from .markers import owner_marker
 from .registry import StageSpec, by_name, pipeline
 from .status import compute_status, not_done_reason
 
@@ -61,31 +62,50 @@ def _collect_files(ctx: StageContext) -> list[dict[str, Any]]:
 def run_stage(
     cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession
 ) -> Manifest | None:
-    """Run one stage to completion and publish it atomically; raise :class:`StageError` on failure.
+    """Run one stage to completion under its lease and publish it atomically; raise
+    :class:`StageError` on failure (or while another live runner holds the lease).
 
     Returns the published manifest, or None in a non-zero rank of a distributed launch.
     """
+    if process_rank() > 0:
+        _compute_only(cfg, spec, store, inputs, session)
+        return None
+    with stage_lease(store, spec.name, cfg.runner) as (lease, _):
+        return _compute_and_publish(cfg, spec, store, inputs, session, lease)
+
+
+def _compute_only(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession) -> None:
+    """A non-zero rank of a multi-process stage (torchrun, or srun with several tasks): rank 0 owns
+    the lease, the markers, the staging directory and the publication; this process only computes."""
+    fingerprint, _ = stage_fingerprint(cfg, spec, inputs)
+    spec.load()(StageContext(cfg, spec, store, inputs, fingerprint, session))
+
+
+def _compute_and_publish(
+    cfg: Config,
+    spec: StageSpec,
+    store: Store,
+    inputs: dict[str, Manifest],
+    session: RunSession,
+    lease: StageLease,
+) -> Manifest:
     fingerprint, fp_parts = stage_fingerprint(cfg, spec, inputs)
     ctx = StageContext(cfg, spec, store, inputs, fingerprint, session)
-    if process_rank() > 0:
-        # A non-zero rank of a multi-process stage (torchrun, or srun with several tasks): rank 0
-        # owns the markers, the staging directory and the publication; this process only computes.
-        spec.load()(ctx)
-        return None
     started = time.time()
-    marker = begin_publication(store, spec.name, fingerprint)
+    marker = begin_publication(store, spec.name, fingerprint, lease)
     log.info("[%s] running (fingerprint %s)", spec.name, fingerprint[:12])
     _execute(ctx, marker)
+    lease.check()
     return _publish(ctx, marker, fp_parts, started)
 
 
-def begin_publication(store: Store, name: str, fingerprint: str) -> dict[str, Any]:
-    """Distrust the previous outputs of directory ``name``, mark it incomplete and give it a fresh
-    staging dir; returns the marker (also used by ``microparade sweep``'s comparison report)."""
-    check_not_running(store, name)
+def begin_publication(store: Store, name: str, fingerprint: str, lease: StageLease) -> dict[str, Any]:
+    """Distrust the previous outputs of directory ``name`` (whose ``lease`` this process holds), mark
+    it incomplete and give it a fresh staging dir; returns the marker (also used by
+    ``microparade sweep``'s comparison report)."""
     store.rm_file(f"{name}/{MANIFEST}")
     store.rm_file(f"{name}/{FAILED}")
-    marker = owner_marker(name, fingerprint)
+    marker = owner_marker(name, fingerprint, lease.epoch)
     store.write_json_atomic(f"{name}/{INCOMPLETE}", marker)
     store.rm(f"{name}/{STAGING}")
     store.makedirs(f"{name}/{STAGING}")
@@ -268,22 +288,42 @@ def run_pipeline(
                 outcome[spec.name] = "shared"
                 continue
             forced = force or (from_stage == spec.name)
-            if not forced:
-                existing, expected, reason = _published_state(cfg, spec, store, inputs)
-                if existing is not None and reason is None:
-                    log.info("[%s] skipped: done (fingerprint %s)", spec.name, expected[:12])
-                    manifests[spec.name] = existing
-                    outcome[spec.name] = "skipped"
-                    continue
-                if existing is not None and existing.fingerprint == expected:
-                    log.warning("[%s] published files fail verification, rerunning: %s", spec.name, reason)
-            published = run_stage(cfg, spec, store, inputs, session)
-            if published is not None:
-                manifests[spec.name] = published
-            outcome[spec.name] = "ran"
+            done = None if forced else _done(cfg, spec, store, inputs)
+            if done is None:
+                done = _run_leased(cfg, spec, store, inputs, session, forced)
+            if done is not None:
+                manifests[spec.name], outcome[spec.name] = done
+            else:  # a non-zero rank: rank 0 publishes
+                outcome[spec.name] = "ran"
     finally:
         session.close()
     return outcome
+
+
+def _done(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest]) -> tuple[Manifest, str] | None:
+    """``(manifest, "skipped")`` when the stage is done; None (with the reason logged) when not."""
+    existing, expected, reason = _published_state(cfg, spec, store, inputs)
+    if existing is not None and reason is None:
+        log.info("[%s] skipped: done (fingerprint %s)", spec.name, expected[:12])
+        return existing, "skipped"
+    if existing is not None and existing.fingerprint == expected:
+        log.warning("[%s] published files fail verification, rerunning: %s", spec.name, reason)
+    return None
+
+
+def _run_leased(
+    cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession, forced: bool
+) -> tuple[Manifest, str] | None:
+    """Run the stage under its lease (rank 0 takes it; the other ranks only compute); None in those."""
+    if process_rank() > 0:
+        _compute_only(cfg, spec, store, inputs, session)
+        return None
+    with stage_lease(store, spec.name, cfg.runner) as (lease, waited):
+        if waited and not forced:  # the owner we waited for may have published it
+            done = _done(cfg, spec, store, inputs)
+            if done is not None:
+                return done
+        return _compute_and_publish(cfg, spec, store, inputs, session, lease), "ran"
 
 
 def _published_inputs(spec: StageSpec, ups: dict[str, Manifest | None]) -> dict[str, Manifest]:

@@ -14,6 +14,7 @@ from ..config import Config
 from ..storage import Store, format_bytes
 from .fingerprint import stage_fingerprint
 from .layout import check_shared_stages, stage_store
+from .lease import lease_state
 from .manifest import FAILED, INCOMPLETE, Manifest, read_manifest, verify_files
 from .markers import read_marker
 from .registry import pipeline
@@ -41,7 +42,7 @@ def not_done_reason(store: Store, manifest: Manifest | None, expected: str | Non
 @dataclass
 class StageStatus:
     name: str
-    state: str  # done | stale | missing | incomplete | failed | blocked
+    state: str  # done | stale | missing | running | incomplete | failed
     reason: str = ""
     fingerprint: str | None = None
     expected: str | None = None
@@ -76,8 +77,6 @@ def compute_status(cfg: Config, verify: str | None = "size") -> list[StageStatus
     for spec in pipeline(cfg):
         store = stage_store(cfg, spec.name)
         manifest = read_manifest(store, spec.name)
-        failed = read_marker(store, spec.name, FAILED)
-        incomplete = read_marker(store, spec.name, INCOMPLETE)
         ups = [by_name[i] for i in spec.inputs]
         expected = None
         if all(u.state == "done" for u in ups):
@@ -91,23 +90,30 @@ def compute_status(cfg: Config, verify: str | None = "size") -> list[StageStatus
                 reason = not_done_reason(store, manifest, expected, verify)
                 if reason is not None:
                     st.state, st.reason = "stale", reason
-        elif failed is not None:
-            st = StageStatus(
-                spec.name, "failed", reason=str(failed.get("error", ""))[:200], marker=failed, expected=expected
-            )
-        elif incomplete is not None:
-            st = StageStatus(
-                spec.name,
-                "incomplete",
-                reason="started but never published (running or killed)",
-                marker=incomplete,
-                expected=expected,
-            )
         else:
-            st = StageStatus(spec.name, "missing", expected=expected)
+            st = _unpublished(cfg, store, spec.name, expected)
         out.append(st)
         by_name[spec.name] = st
     return out
+
+
+def _unpublished(cfg: Config, store: Store, stage: str, expected: str | None) -> StageStatus:
+    """A stage without a manifest: ``running`` (a live runner holds its lease), ``failed``,
+    ``incomplete`` (started, and its runner stopped: rerun to resume) or ``missing``."""
+    lease_now, lease, why = lease_state(store, stage, cfg.runner.lease_expiry_s)
+    incomplete = read_marker(store, stage, INCOMPLETE)
+    if lease_now == "live" and lease is not None:
+        reason = f"{lease.owner()}, heartbeat {lease.heartbeat_age():.0f} s ago"
+        return StageStatus(stage, "running", reason=reason, marker=incomplete or lease.record, expected=expected)
+    failed = read_marker(store, stage, FAILED)
+    if failed is not None:
+        return StageStatus(stage, "failed", reason=str(failed.get("error", ""))[:200], marker=failed, expected=expected)
+    if incomplete is not None:
+        reason = "started but never published; rerun to resume"
+        if lease_now == "dead" and lease is not None:
+            reason = f"{lease.owner()} stopped ({why}); rerun to resume"
+        return StageStatus(stage, "incomplete", reason=reason, marker=incomplete, expected=expected)
+    return StageStatus(stage, "missing", expected=expected)
 
 
 def format_status(rows: list[StageStatus], extra_cols: dict[str, dict[str, str]] | None = None) -> str:

@@ -102,3 +102,45 @@ def sacct_usage(job_ids: list[str]) -> dict[str, dict[str, float | str]]:
 def job_state(job_id: str) -> str | None:
     """The controller's current state of a job (``RUNNING``, ``COMPLETING``...), None if unknown."""
     return slurm_query(["squeue", "-h", "-j", str(job_id), "-o", "%T"]).strip() or None
+
+
+#: Job states after which none of the job's processes runs any more (sacct's terms).
+ENDED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "TIMEOUT",
+    }
+)
+
+
+def job_ended(job_id: str, step_id: str | None = None) -> str | None:
+    """Why job ``job_id`` (or its step ``step_id``) has provably ended, e.g. ``"Slurm job 12 CANCELLED"``;
+    None while it may still run, or when Slurm cannot tell (absent, unreachable, unknown job).
+
+    A job the controller lists as queued again has ended its previous incarnation; one it lists as
+    running is alive unless ``step_id`` is given and that step is no longer listed; a job it no
+    longer lists has ended when accounting shows an end state.
+    """
+    if shutil.which("squeue") is None:
+        return None
+    listed = job_state(job_id)
+    if listed in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+        # Queued again (requeued): whatever incarnation wrote the lease has stopped.
+        return f"Slurm job {job_id} is {listed} (requeued)"
+    if listed is not None:
+        if step_id is None or listed != "RUNNING":
+            return None
+        steps = slurm_query(["squeue", "-h", "-s", "-j", str(job_id), "-o", "%i"]).split()
+        if steps and f"{job_id}.{step_id}" not in steps:
+            return f"step {job_id}.{step_id} of Slurm job {job_id} is no longer running"
+        return None
+    state = sacct_info([job_id]).get(str(job_id), {}).get("state", "")
+    return f"Slurm job {job_id} {state}" if state in ENDED_STATES else None

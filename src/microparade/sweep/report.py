@@ -21,6 +21,7 @@ from typing import Any
 
 from ..engine.fingerprint import canonical_json, code_version
 from ..engine.layout import stage_store
+from ..engine.lease import stage_lease
 from ..engine.manifest import INCOMPLETE, STAGING, read_manifest, sha256_bytes
 from ..engine.runner import begin_publication, commit_publication, manifest_document, move_into_place
 from ..engine.status import not_done_reason
@@ -123,16 +124,18 @@ def write_sweep_report(plan: SweepPlan) -> str:
     log.info("[sweep] writing the comparison report (%s)", reason)
     fingerprint = sha256_bytes(canonical_json(parts))
     started = time.time()
-    marker = begin_publication(store, REPORT, fingerprint)
-    try:
-        files = _write_staged(store, _documents(plan, store.url(REPORT)))
-    except BaseException:
-        store.rm_file(f"{REPORT}/{INCOMPLETE}")
-        raise
-    move_into_place(store, REPORT, [f["path"] for f in files])
-    extra = {"experiment": plan.experiment.name, "runs": [r.label for r in plan.runs]}
-    manifest = manifest_document(REPORT, fingerprint, parts, files, None, marker, time.time() - started, extra)
-    commit_publication(store, REPORT, manifest)
+    with stage_lease(store, REPORT, plan.runs[0].cfg.runner) as (lease, _):
+        marker = begin_publication(store, REPORT, fingerprint, lease)
+        try:
+            files = _write_staged(store, _documents(plan, store.url(REPORT)))
+        except BaseException:
+            store.rm_file(f"{REPORT}/{INCOMPLETE}")
+            raise
+        lease.check()
+        move_into_place(store, REPORT, [f["path"] for f in files])
+        extra = {"experiment": plan.experiment.name, "runs": [r.label for r in plan.runs]}
+        manifest = manifest_document(REPORT, fingerprint, parts, files, None, marker, time.time() - started, extra)
+        commit_publication(store, REPORT, manifest)
     log.info("[sweep] comparison report: %s", url)
     return url
 
