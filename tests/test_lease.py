@@ -197,3 +197,43 @@ def test_status_tells_running_from_killed(tmp_path):
 def test_lease_settings_are_checked():
     with pytest.raises(ValueError, match=r"lease_expiry_s \(60\) must be at least 3 x runner.lease_heartbeat_s \(30\)"):
         RunnerConfig(lease_expiry_s=60)
+
+
+@pytest.mark.cloud
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_leases_on_object_stores_have_exactly_one_taker(scheme, request):
+    server = request.getfixturevalue("gcs_server" if scheme == "gs" else "s3_server")
+    bucket = server.make_bucket(f"lease-{scheme}")
+    runner = RunnerConfig(lease_heartbeat_s=30, lease_expiry_s=120)
+    results: list[str] = []
+
+    def take() -> None:
+        store = Store(f"{bucket}/run", server.storage_options)
+        try:
+            held, _ = take_lease(store, "text", runner)
+        except StageError as exc:
+            results.append(str(exc))
+        else:
+            results.append("held")
+            time.sleep(1.0)  # hold it while the others look
+            held.release()
+
+    threads = [threading.Thread(target=take) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("held") == 1, results
+    assert all("stage text is being computed by pid" in r for r in results if r != "held")
+    store = Store(f"{bucket}/run", server.storage_options)
+    lease = read_lease(store, "text")
+    assert lease is not None and lease.epoch == 1 and lease.released
+    # A dead owner's lease (its heartbeat expired) is taken over with the next epoch, atomically too.
+    store.write_json_atomic(
+        "text/_lease/00000001.json", {"state": "held", "host": "gone", "pid": 1, "heartbeat_unix": 0}
+    )
+    held, _ = take_lease(store, "text", runner)
+    held.release()
+    lease = read_lease(store, "text")
+    assert lease is not None and lease.epoch == 2 and lease.record["took_over"]["owner"] == "pid 1 on gone"
+    assert store.walk_files("text/_lease") == ["00000002.json"]
