@@ -446,9 +446,11 @@ def test_seed_changes_the_order(published, dataset, tmp_path):
     b = pa.concat_tables(read_chunks(mem, manifest, "train")).column("row_id").to_numpy()
     assert sorted(a.tolist()) == sorted(b.tolist()) and not np.array_equal(a, b)
     assert np.all(np.diff(shuffle_keys(b, 7).astype(np.float64)) > 0)
-    # memory:// run_dir: published, nothing left but the chunks (shuffle fragments under _work gone).
+    # memory:// run_dir: published, nothing left but the chunks (shuffle fragments under _work gone)
+    # and the released lease.
     assert manifest["extra"]["shuffle"]["seed"] == 7
-    assert mem.walk_files("chunks") == sorted(["_MANIFEST.json", *(f["path"] for f in manifest["files"])])
+    published_files = ["_MANIFEST.json", "_lease/00000001.json", *(f["path"] for f in manifest["files"])]
+    assert mem.walk_files("chunks") == sorted(published_files)
 
 
 def test_doc_snippet_runs(published, monkeypatch):

@@ -390,3 +390,25 @@ def test_retry_rides_out_s3_connection_errors_and_names_missing_objects(tmp_path
     with pytest.raises(FileNotFoundError, match=rf"read {missing}: ") as err:
         retry(lambda: fs.cat_file(missing), what=f"read {missing}")
     assert err.value.errno == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. train and evaluate from chunks copied to another bucket (data.chunks)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bucket_run", ["gs"], indirect=True)
+def test_train_and_evaluate_from_chunks_copied_to_another_bucket(bucket_run):
+    run = bucket_run
+    fs = run.fs()
+    other = run.server.make_bucket("mp-handoff")
+    manifest = run.read_json("chunks/_MANIFEST.json")
+    for rel in ["_MANIFEST.json", *(f["path"] for f in manifest["files"])]:
+        fs.pipe_file(f"{other.split('://', 1)[1]}/copy/chunks/{rel}", run.read(f"chunks/{rel}"))
+    fresh = Run(run.config, f"{other}/fresh", run.env, run.server)
+    overrides = [f"run_dir={fresh.run_dir}", f"data.chunks={other}/copy"]
+    proc = fresh.run(*overrides)
+    assert_ran(proc, ["train", "evaluate", "report"], [])
+    assert f"[chunks] imported: {other}/copy/chunks (3,000 rows, verified)" in proc.stderr
+    assert fresh.read_json("evaluate/metrics.json") == run.uninterrupted["metrics"]
+    assert model_sha256(fresh) == run.uninterrupted["model"]
+    status = json.loads(fresh.cli("status", str(run.config), *overrides, "--verify", "--json").stdout)
+    assert {s["stage"]: s["state"] for s in status["stages"]} == dict.fromkeys(["chunks", *STAGES[5:]], "done")

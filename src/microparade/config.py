@@ -84,6 +84,20 @@ class DataConfig(Section):
     #: Tokenizer that produced ``text_tokens`` in the raw files: ``minilm`` (the generator's default)
     #: or a local directory (bert-base-multilingual-cased for the real challenge data).
     tokenizer: str | None = "minilm"
+    #: Start from chunks published elsewhere: a root URL whose ``chunks/`` directory holds a
+    #: published chunks stage (another run's ``run_dir``, or any root a ``chunks/`` was copied
+    #: under). The run then reads them there, validated (contract, schema, files), and computes only
+    #: train, evaluate and report: ``data.raw`` and ``data.generate`` are not used.
+    chunks: str | None = None
+
+    @field_validator("chunks")
+    @classmethod
+    def _chunks_root(cls, v: str | None) -> str | None:
+        from .storage import normalize_url
+
+        if v is not None and not v.strip():
+            raise ValueError("data.chunks must be a root URL holding chunks/, or null")
+        return None if v is None else normalize_url(v)
 
     @model_validator(mode="after")
     def _raw_or_generate(self) -> DataConfig:
@@ -471,7 +485,10 @@ class Config(Section):
         return {stage: normalize_url(root) for stage, root in v.items()}
 
     def stage_root(self, stage: str) -> str:
-        """The root under which stage ``stage`` lives (``{root}/{stage}/``): ``run_dir`` unless shared."""
+        """The root under which stage ``stage`` lives (``{root}/{stage}/``): ``run_dir`` unless shared,
+        or imported (``data.chunks``)."""
+        if stage == "chunks" and self.data.chunks is not None:
+            return self.data.chunks
         return self.shared_stages.get(stage, self.run_dir)
 
     def section(self, dotted: str) -> Any:

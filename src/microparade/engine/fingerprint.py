@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config import Config
+from .layout import is_imported
 from .manifest import sha256_bytes
 from .registry import StageSpec
 
@@ -67,5 +68,8 @@ def stage_fingerprint(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest])
 def stage_identity(cfg: Config, spec: StageSpec, input_identities: dict[str, str]) -> str:
     """What a stage will compute, known before anything runs: the fingerprint's parts with each
     input's identity in place of its manifest hash. Two runs whose stage has one identity get
-    the same fingerprint once the shared inputs are published (what ``microparade sweep`` shares)."""
+    the same fingerprint once the shared inputs are published (what ``microparade sweep`` shares).
+    A stage imported from elsewhere (``data.chunks``) is identified by where it is read from."""
+    if is_imported(cfg, spec.name):
+        return sha256_bytes(canonical_json({"stage": spec.name, "imported_from": cfg.stage_root(spec.name)}))
     return sha256_bytes(canonical_json(_parts(cfg, spec, input_identities)))

@@ -22,6 +22,7 @@ from ..config import Config, SlurmStageConfig
 
 if TYPE_CHECKING:
     from .context import StageContext
+    from .manifest import Manifest
 
 #: Seconds between Slurm's time-limit warning (SIGUSR2) and the end of a requeueing stage's job.
 SIGNAL_WARNING_S = 90
@@ -56,9 +57,25 @@ class StageSpec:
     #: in each run's own directory, as one task of the sweep's job array.
     shared_in_sweep: bool = True
 
+    #: For a stage a run can start from when it was published elsewhere (``data.chunks``): the
+    #: module whose ``validate(manifest)`` checks such a directory (contract, schema), raising
+    #: :class:`~microparade.errors.StageError` with the reason.
+    validate_import: str | None = None
+
     def load(self) -> Callable[[StageContext], None]:
         run: Callable[[StageContext], None] = importlib.import_module(self.module).run
         return run
+
+    def load_import_validator(self) -> Callable[[Manifest], None]:
+        if self.validate_import is None:
+            raise KeyError(f"stage {self.name} cannot be imported")
+        validate: Callable[[Manifest], None] = importlib.import_module(self.validate_import).validate
+        return validate
+
+
+def _computes_chunks(cfg: Config) -> bool:
+    """The data stages run unless the chunks come from elsewhere (``data.chunks``)."""
+    return cfg.data.chunks is None
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -67,7 +84,7 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=(),
         config_keys=("data.generate", "data.tokenizer"),
         module="microparade.stages.generate",
-        enabled=lambda cfg: cfg.data.generate is not None,
+        enabled=lambda cfg: cfg.data.generate is not None and cfg.data.chunks is None,
         description="synthetic RecSys 2021 raw files with planted signal",
         resources=_resources(2, "4G", "01:00:00"),
     ),
@@ -76,6 +93,7 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=("generate",),
         config_keys=("data.raw", "ingest"),
         module="microparade.stages.ingest",
+        enabled=_computes_chunks,
         description="raw files -> validated typed Parquet per split + quarantine",
         resources=_resources(4, "8G", "02:00:00"),
         dask=True,
@@ -85,6 +103,7 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=("ingest",),
         config_keys=("data.tokenizer", "text", "history", "model.encoder"),
         module="microparade.stages.text",
+        enabled=_computes_chunks,
         description="cleaned text, per-user engagement histories, history windows",
         resources=_resources(4, "8G", "04:00:00"),
         dask=True,
@@ -94,6 +113,7 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=("ingest",),
         config_keys=("features",),
         module="microparade.stages.features",
+        enabled=_computes_chunks,
         description="categorical, count, target encoding, difference lags, datetime features",
         resources=_resources(4, "8G", "04:00:00"),
         dask=True,
@@ -103,6 +123,7 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=("ingest", "text", "features"),
         config_keys=("chunks",),
         module="microparade.stages.chunks",
+        validate_import="microparade.stages.chunks.imported",
         description="join + shuffle, ~target_mb Parquet chunks + manifest",
         resources=_resources(4, "8G", "02:00:00"),
         dask=True,

@@ -20,7 +20,7 @@ from ..errors import PreemptedError, StageError
 from ..storage import Store, format_bytes, parquet_rows, require_filesystem
 from .context import RunSession, StageContext
 from .fingerprint import code_version, git_commit, stage_fingerprint
-from .layout import check_shared_stages, is_shared, stage_store
+from .layout import check_shared_stages, is_imported, is_read_only, is_shared, stage_store
 from .lease import StageLease, stage_lease
 from .manifest import (
     FAILED,
@@ -36,7 +36,7 @@ from .manifest import (
 )
 from .markers import owner_marker
 from .registry import StageSpec, by_name, pipeline
-from .status import compute_status, not_done_reason
+from .status import compute_status, imported_reason, not_done_reason
 
 log = logging.getLogger("microparade")
 
@@ -239,11 +239,13 @@ def run_pipeline(
     until: str | None = None,
     force: bool = False,
 ) -> dict[str, str]:
-    """Run the selected stages, skipping done ones; returns ``{stage: "ran" | "skipped" | "shared"}``.
+    """Run the selected stages, skipping done ones; returns ``{stage: "ran" | "skipped" | "shared" |
+    "imported"}``.
 
     ``from_stage`` forces that stage (and, through fingerprints, everything after it) to rerun;
     ``only`` runs one stage, whose inputs must be done; ``force`` reruns every selected stage.
-    Stages in ``shared_stages`` are never run here: each must be done where it lives.
+    Stages in ``shared_stages`` are never run here: each must be done where it lives; so are chunks
+    imported with ``data.chunks``, which must verify and validate where they live.
     """
     check_shared_stages(cfg)
     store = Store(cfg.run_dir, cfg.storage_options)
@@ -256,11 +258,14 @@ def run_pipeline(
     # not a traceback after hours of upstream work.
     for url in (cfg.run_dir, *cfg.shared_stages.values(), *cfg.data.raw.train, *cfg.data.raw.valid, *cfg.data.raw.test):
         require_filesystem(url)
+    if cfg.data.chunks is not None:
+        require_filesystem(cfg.data.chunks)
     if any(by_name(name).dask for name in selected):
         require_cluster(cfg)
     for name in selected:
-        if (only or from_stage) == name and is_shared(cfg, name):
-            raise StageError(f"stage {name} is shared from {cfg.stage_root(name)}: this run only reads it")
+        if (only or from_stage) == name and is_read_only(cfg, name):
+            how = "imported (data.chunks)" if is_imported(cfg, name) else "shared"
+            raise StageError(f"stage {name} is {how} from {cfg.stage_root(name)}: this run only reads it")
         backend = cfg.stage_backend(name)
         if backend is not None:
             require_backend(backend, f"{name}.backend")
@@ -277,15 +282,16 @@ def run_pipeline(
                     manifests[spec.name] = m
                 continue
             inputs = _published_inputs(spec, ups)
-            stale_inputs = _stale_inputs(cfg, spec, inputs) if (only or from_stage) and spec.name == selected[0] else []
-            if stale_inputs:
-                raise StageError(
-                    f"stage {spec.name}: input {', '.join(stale_inputs)} is stale (its config or code changed); "
-                    f"rerun from {stale_inputs[0]}"
-                )
+            refusal = _stale_inputs(cfg, spec, inputs) if (only or from_stage) and spec.name == selected[0] else None
+            if refusal:
+                raise StageError(refusal)
             if is_shared(cfg, spec.name):
                 manifests[spec.name] = _shared_done(cfg, spec, inputs)
                 outcome[spec.name] = "shared"
+                continue
+            if is_imported(cfg, spec.name):
+                manifests[spec.name] = _imported_done(cfg, spec)
+                outcome[spec.name] = "imported"
                 continue
             forced = force or (from_stage == spec.name)
             done = None if forced else _done(cfg, spec, store, inputs)
@@ -360,7 +366,33 @@ def _shared_done(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> M
     return existing
 
 
-def _stale_inputs(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> list[str]:
-    """Inputs whose own fingerprint no longer matches the config (only checked for --only/--from)."""
+def _imported_done(cfg: Config, spec: StageSpec) -> Manifest:
+    """The manifest of a stage published elsewhere (``data.chunks``), which must verify and validate."""
+    store = stage_store(cfg, spec.name)
+    manifest = read_manifest(store, spec.name)
+    reason = imported_reason(spec, store, manifest, cfg.runner.verify)
+    if manifest is None or reason is not None:
+        raise StageError(f"data.chunks: the {spec.name} at {store.url(spec.name)} cannot be used: {reason}")
+    rows = manifest.data.get("rows")
+    shown = f"{rows:,}" if isinstance(rows, int) else "-"
+    log.info("[%s] imported: %s (%s rows, verified)", spec.name, store.url(spec.name), shown)
+    return manifest
+
+
+def _stale_inputs(cfg: Config, spec: StageSpec, inputs: dict[str, Manifest]) -> str | None:
+    """Why an input of the first selected stage is not done, for --only/--from (None when all are)."""
     status = {s.name: s for s in compute_status(cfg, verify=None)}
-    return [i for i in inputs if status.get(i) is not None and status[i].state != "done"]
+    bad = [status[i] for i in inputs if status.get(i) is not None and status[i].state != "done"]
+    if not bad:
+        return None
+    first = bad[0]
+    if "missing upstream" not in first.reason:
+        return f"stage {spec.name}: input {first.name} is {first.state} ({first.reason}); rerun from {first.name}"
+    hint = "run without --only/--from to compute them"
+    if by_name(first.name).validate_import is not None:
+        hint = (
+            f"to start from {first.name} made elsewhere, set data.{first.name}=ROOT, the root holding "
+            f'{first.name}/ (docs/training.md, "Starting from chunks made elsewhere"); else {hint}'
+        )
+    where = stage_store(cfg, first.name).url(first.name)
+    return f"stage {spec.name}: input {first.name} at {where} cannot be trusted here: {first.reason}; {hint}"

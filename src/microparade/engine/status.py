@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
+from ..errors import StageError
 from ..storage import Store, format_bytes
 from .fingerprint import stage_fingerprint
-from .layout import check_shared_stages, stage_store
+from .layout import check_shared_stages, is_imported, stage_store
 from .lease import lease_state
-from .manifest import FAILED, INCOMPLETE, Manifest, read_manifest, verify_files
+from .manifest import FAILED, INCOMPLETE, MANIFEST, MANIFEST_SCHEMA, Manifest, read_manifest, verify_files
 from .markers import read_marker
-from .registry import pipeline
+from .registry import StageSpec, pipeline
 
 
 def not_done_reason(store: Store, manifest: Manifest | None, expected: str | None, verify: str | None) -> str | None:
@@ -81,11 +82,12 @@ def compute_status(cfg: Config, verify: str | None = "size") -> list[StageStatus
         expected = None
         if all(u.state == "done" for u in ups):
             expected, _ = stage_fingerprint(cfg, spec, {u.name: u.manifest for u in ups})  # type: ignore[misc]
-        if manifest is not None:
+        if is_imported(cfg, spec.name):
+            st = _imported(spec, store, manifest, verify)
+        elif manifest is not None:
             st = StageStatus(spec.name, "done", fingerprint=manifest.fingerprint, expected=expected, manifest=manifest)
             if expected is None:
-                bad = [u.name for u in ups if u.state != "done"]
-                st.state, st.reason = "stale", f"input {', '.join(bad)} not done"
+                st.state, st.reason = "stale", _inputs_not_done(ups)
             else:
                 reason = not_done_reason(store, manifest, expected, verify)
                 if reason is not None:
@@ -95,6 +97,42 @@ def compute_status(cfg: Config, verify: str | None = "size") -> list[StageStatus
         out.append(st)
         by_name[spec.name] = st
     return out
+
+
+def _inputs_not_done(ups: list[StageStatus]) -> str:
+    """Why a published stage cannot be trusted when some of its inputs are not done: inputs never
+    run here (missing upstream, e.g. a stage copied in from elsewhere) or inputs that changed."""
+    missing = [u.name for u in ups if u.state == "missing"]
+    other = [f"{u.name} {u.state}" for u in ups if u.state not in ("done", "missing")]
+    parts = [f"input {', '.join(missing)} never run here (missing upstream)"] if missing else []
+    return "; ".join(parts + ([f"input {', '.join(other)}"] if other else []))
+
+
+def imported_reason(spec: StageSpec, store: Store, manifest: Manifest | None, verify: str | None) -> str | None:
+    """Why a stage published elsewhere (``data.chunks``) cannot be read (None when it can): its
+    manifest must exist, its files verify, and the stage's own validator accept it."""
+    if manifest is None:
+        if store.exists(spec.name, MANIFEST):
+            return f"{store.url(spec.name, MANIFEST)} is not a {spec.name} manifest of schema {MANIFEST_SCHEMA}"
+        return f"nothing is published at {store.url(spec.name)} (no {MANIFEST})"
+    if verify:
+        problems = verify_files(store, manifest, verify)
+        if problems:
+            return f"{len(problems)} file(s) fail verification: {problems[0]}"
+    try:
+        spec.load_import_validator()(manifest)
+    except StageError as exc:
+        return str(exc)
+    return None
+
+
+def _imported(spec: StageSpec, store: Store, manifest: Manifest | None, verify: str | None) -> StageStatus:
+    reason = imported_reason(spec, store, manifest, verify)
+    if reason is None:
+        assert manifest is not None
+        note = f"imported from {store.url(spec.name)}"
+        return StageStatus(spec.name, "done", reason=note, fingerprint=manifest.fingerprint, manifest=manifest)
+    return StageStatus(spec.name, "missing" if manifest is None else "stale", reason=reason, manifest=manifest)
 
 
 def _unpublished(cfg: Config, store: Store, stage: str, expected: str | None) -> StageStatus:

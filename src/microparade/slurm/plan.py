@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config
-from ..engine.layout import is_shared
+from ..engine.layout import is_read_only
 from ..engine.registry import StageSpec, pipeline
 from ..engine.status import StageStatus, compute_status
 from ..storage import Store
@@ -34,7 +34,7 @@ def pending_stages(cfg: Config, stages: list[str] | None = None) -> list[Pending
         for spec in pipeline(cfg)
         if (not stages or spec.name in stages)
         and statuses[spec.name].state != "done"
-        and not is_shared(cfg, spec.name)  # published by the run that owns it, never by this one
+        and not is_read_only(cfg, spec.name)  # published elsewhere, never by this run
     ]
     recorded = latest_jobs(store)
     queued = queued_jobs() if any(s.name in recorded for s in todo) else {}

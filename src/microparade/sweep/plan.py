@@ -22,6 +22,7 @@ import yaml
 
 from ..config import Config
 from ..engine.fingerprint import canonical_json, code_version, stage_identity
+from ..engine.layout import is_imported
 from ..engine.registry import StageSpec, pipeline
 from ..errors import ConfigError
 from ..storage import Store, join
@@ -148,6 +149,8 @@ def build_plan(exp: Experiment) -> SweepPlan:
             model_stages: list[str] = []
             for spec in pipeline(cfg):
                 identities[spec.name] = stage_identity(cfg, spec, {i: identities[i] for i in spec.inputs})
+                if is_imported(cfg, spec.name):  # every run reads it where it is (data.chunks)
+                    continue
                 if not spec.shared_in_sweep:
                     model_stages.append(spec.name)
                     continue
