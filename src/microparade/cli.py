@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from .entry import EXIT_OK, add_config_args, guarded, load_args_config, setup_logging
+from .entry import EXIT_OK, add_config_args, guarded, load_args_config, setup_process, start_run_log
 from .slurm.commands import add_commands as add_slurm_commands
 from .sweep.commands import add_commands as add_sweep_commands
 
@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="microparade", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show library INFO and microparade DEBUG lines")
+    ap.add_argument("--log-file", metavar="PATH", help="also log to PATH (default for run: {run_dir}/_logs/...)")
+    ap.add_argument("--no-progress", action="store_true", help="periodic log lines instead of progress bars")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline (skipping stages that are done)")
@@ -36,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--only", metavar="STAGE", help="run only STAGE (its inputs must be done)")
     p.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     p.add_argument("--force", action="store_true", help="rerun the selected stages even if done")
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        const="inf",
+        metavar="SECONDS",
+        help="wait (without limit, or up to SECONDS) for a stage another live runner is computing, instead of "
+        "refusing; then skip it if that runner published it (runner.lease_wait_s)",
+    )
 
     p = sub.add_parser("status", help="show the state of every stage")
     add_config_args(p)
@@ -71,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine.runner import run_pipeline
 
+    if args.wait is not None:
+        args.overrides = [*args.overrides, f"runner.lease_wait_s={args.wait}"]
     cfg = load_args_config(args)
+    start_run_log(cfg, args.log_file)
     outcome = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, until=args.until, force=args.force)
     ran = [k for k, v in outcome.items() if v == "ran"]
     skipped = [k for k, v in outcome.items() if v == "skipped"]
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
     if rest:
         args.overrides = list(args.overrides) + rest
-    setup_logging(args.verbose)
+    setup_process(args.verbose, log_file=args.log_file, progress=not args.no_progress)
     handler = COMMANDS.get(args.command) or args.handler
     return guarded(lambda: handler(args))
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 
+from . import console
 from .config import Config, load_config
 from .errors import (
     EXIT_FAILED,
@@ -26,6 +30,10 @@ from .errors import (
     PreemptedError,
     StageError,
 )
+from .storage import protocol_of
+
+#: The folder of a run's log files, under ``run_dir``.
+LOGS_DIR = "_logs"
 
 __all__ = [
     "EXIT_FAILED",
@@ -36,20 +44,55 @@ __all__ = [
     "exit_code_for",
     "guarded",
     "load_args_config",
+    "run_log_path",
     "run_one",
-    "setup_logging",
+    "setup_process",
     "stage_main",
+    "start_run_log",
 ]
 
 
-def setup_logging(verbose: bool = False) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
-        root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("microparade").setLevel(logging.DEBUG if verbose else logging.INFO)
+#: Environment defaults of every entry point's process, unless the environment sets them already.
+#: ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads (torch's intra-op pool, scikit-learn's) sleep while
+#: they wait instead of spinning, which on a shared node keeps most of the throughput instead of a
+#: small fraction (docs/training.md, "CPU threads on shared nodes"). Read when torch loads, so set
+#: before any stage imports it.
+PROCESS_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def setup_process(verbose: bool = False, log_file: str | None = None, progress: bool = True) -> None:
+    """Set up an entry point's process (``microparade``, ``jobs/*.py``, submitit jobs): the
+    environment defaults of :data:`PROCESS_ENV_DEFAULTS`, console logging (microparade INFO, library
+    WARNING+; everything with ``verbose``), progress bars on a terminal unless ``progress`` is false,
+    and ``log_file`` when given (README, "Console, log files, progress")."""
+    for key, value in PROCESS_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    console.configure(verbose=verbose, bars=progress, log_file=log_file)
+    if log_file is not None:
+        _log_start(log_file)
+
+
+def run_log_path(run_dir: str, now: datetime | None = None) -> str | None:
+    """The default log file of a ``run``: ``{run_dir}/_logs/<UTC time>-<host>-<pid>.log`` for a
+    local ``run_dir``; None for a URL (object stores get no log file unless ``--log-file`` asks)."""
+    if protocol_of(run_dir) != "file":
+        return None
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return os.path.join(run_dir.removeprefix("file://"), LOGS_DIR, f"{stamp}-{socket.gethostname()}-{os.getpid()}.log")
+
+
+def start_run_log(cfg: Config, log_file: str | None) -> None:
+    """Write this ``run`` to its default log file (:func:`run_log_path`) unless ``--log-file`` chose one."""
+    path = None if log_file is not None else run_log_path(cfg.run_dir)
+    if path is None:
+        return
+    console.add_log_file(path)
+    _log_start(path)
+
+
+def _log_start(path: str) -> None:
+    logging.getLogger("microparade").info("log file: %s", path)
+    logging.getLogger("microparade").debug("command: %s", " ".join(sys.argv))
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -112,5 +155,5 @@ def stage_main(stage: str, argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = list(args.overrides) + rest
-    setup_logging()
+    setup_process()
     return run_one(stage, args.config, args.overrides, args.force)

@@ -48,6 +48,39 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def physical_cores(cpus: set[int]) -> int:
+    """The physical cores among logical CPUs ``cpus`` (SMT siblings count once), from sysfs; every
+    CPU counts as a core where the topology is not readable."""
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as pkg, open(f"{topology}/core_id") as core:
+                cores.add((pkg.read().strip(), core.read().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def cpu_threads(configured: int = 0) -> int:
+    """torch's intra-op threads: ``configured`` when positive, else the physical cores this process
+    may run on (its CPU affinity: a Slurm allocation's cpuset), at most ``SLURM_CPUS_PER_TASK``.
+
+    More threads than physical cores only adds contention: SMT siblings share a core's units, and
+    OpenMP threads that outnumber the cores wait on each other at every barrier.
+    """
+    if configured > 0:
+        return configured
+    try:
+        n = physical_cores(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = available_cpus()
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if "SLURM_JOB_ID" in os.environ and per_task.isdigit():
+        n = min(n, int(per_task))
+    return max(1, n)
+
+
 @dataclass(frozen=True)
 class DistEnv:
     rank: int

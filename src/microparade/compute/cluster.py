@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .. import console
 from ..config import Config
 from ..errors import ConfigError
 from ..storage import protocol_of
@@ -86,7 +87,24 @@ def jobqueue_kwargs(cfg: Config) -> dict[str, Any]:
     return kw
 
 
+#: How long a local cluster waits for a lost worker to come back before closing its nanny for good:
+#: never, in practice. A nanny restarts its own killed worker; with Dask's default (15 s), a worker
+#: lost again while restarting has its nanny closed, and the cluster stays smaller for the rest of
+#: the run (with no worker left, the run hangs).
+LOCAL_LOST_WORKER_TIMEOUT = "7 days"
+
+
 def _local(cfg: Config) -> Iterator[Client]:
+    """A ``LocalCluster`` client whose nannies stay up whatever happens to their workers."""
+    import dask
+
+    # Dask's distributed.* defaults must be loaded first: set() would otherwise shadow them all.
+    importlib.import_module("distributed")
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": LOCAL_LOST_WORKER_TIMEOUT}):
+        yield from _local_cluster(cfg)
+
+
+def _local_cluster(cfg: Config) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
     c = cfg.cluster
@@ -101,6 +119,8 @@ def _local(cfg: Config) -> Iterator[Client]:
         dashboard_address=":0",
         scheduler_kwargs=None if c.dashboard else {"dashboard": False},
         protocol="ucx" if c.protocol == "ucx" else None,
+        # Worker processes log on their own (to stderr): WARNING+ only, everything with -v.
+        silence_logs=False if console.SETTINGS.verbose else logging.WARNING,
     )
     client = Client(cluster)
     try:

@@ -2,19 +2,22 @@
 
 :func:`gather_in_order` collects task results (in submission order, whatever the completion
 order) and releases each future as soon as its result is in; :func:`wait_for` only waits (for
-persisted collections, whose data must stay on the cluster). Both log ``done/total``, a rate and
-the elapsed time at most every ``every_s`` seconds and once at the end, and cancel the tasks
-still pending when one fails.
+persisted collections, whose data must stay on the cluster). Both show progress with
+:class:`Progress` and cancel the tasks still pending when one fails.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, nullcontext
 from typing import TYPE_CHECKING, Any
+
+from ..console import detail, progress_bar
 
 if TYPE_CHECKING:
     from distributed import Future
+    from tqdm import tqdm
 
 #: Seconds between two progress lines.
 PROGRESS_EVERY_S = 5.0
@@ -23,30 +26,58 @@ PROGRESS_EVERY_S = 5.0
 WrapError = Callable[[int, Exception], Exception]
 
 
-class _Progress:
-    """Counts finished tasks (and an optional amount, e.g. lines) and logs them now and then."""
+class Progress:
+    """Counts finished items (and an optional amount, e.g. lines) and shows them: a tqdm bar while
+    the ``with`` block runs when :func:`~microparade.console.progress_bars` says so, else a log line
+    (``done/total``, a rate, the elapsed time) at most every ``every_s`` seconds; in both cases one
+    log line at the end (a :func:`~microparade.console.detail` when the loop took under ``every_s``)."""
 
-    def __init__(self, what: str, total: int, log: Callable[[str], None], every_s: float, unit: str | None):
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        log: Callable[[str], None],
+        every_s: float = PROGRESS_EVERY_S,
+        unit: str | None = None,
+        items: str = "tasks",
+    ):
         self.what = what
         self.total = total
         self.log = log
         self.every_s = every_s
         self.unit = unit
+        self.items = items
         self.done = self.amount = 0
         self.started = self.last = time.monotonic()
+        self._stack = ExitStack()
+        self.bar: tqdm | None = None
 
-    def add(self, amount: int) -> None:
-        self.done += 1
+    def __enter__(self) -> Progress:
+        self.bar = self._stack.enter_context(progress_bar(self.total, self.what, self.items))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        self.bar = None
+
+    def add(self, amount: int = 0, items: int = 1) -> None:
+        self.done += items
         self.amount += amount
         now = time.monotonic()
-        if now - self.last >= self.every_s or self.done == self.total:
+        if self.bar is not None:
+            self.bar.update(items)
+        if self.done >= self.total:
+            # A loop over within every_s: its one line is a detail (log file, -v).
+            with detail() if now - self.started < self.every_s else nullcontext():
+                self.log(self.line(now - self.started))
+        elif self.bar is None and now - self.last >= self.every_s:
             self.last = now
             self.log(self.line(now - self.started))
 
     def line(self, elapsed: float) -> str:
         per_s = 1.0 / max(elapsed, 1e-9)
         if self.unit is None:
-            rate = f"{self.done * per_s:,.1f} tasks/s"
+            rate = f"{self.done * per_s:,.1f} {self.items}/s"
         else:
             rate = f"{self.amount:,} {self.unit}, {self.amount * per_s:,.0f} {self.unit}/s"
         return f"{self.what}: {self.done}/{self.total}, {rate}, {elapsed:.1f}s elapsed"
@@ -55,7 +86,7 @@ class _Progress:
 def _follow(
     futures: Sequence[Future],
     on_done: Callable[[int, Future], int],
-    progress: _Progress,
+    progress: Progress,
     wrap_error: WrapError | None,
 ) -> None:
     """Call ``on_done(index, future)`` as tasks finish (it returns the amount to count); on any
@@ -67,15 +98,16 @@ def _follow(
         positions.setdefault(fut.key, []).append(i)
     finished = False
     try:
-        for fut in as_completed(futures):
-            i = positions[fut.key].pop(0)
-            try:
-                amount = on_done(i, fut)
-            except Exception as exc:
-                if wrap_error is None:
-                    raise
-                raise wrap_error(i, exc) from exc
-            progress.add(amount)
+        with progress:
+            for fut in as_completed(futures):
+                i = positions[fut.key].pop(0)
+                try:
+                    amount = on_done(i, fut)
+                except Exception as exc:
+                    if wrap_error is None:
+                        raise
+                    raise wrap_error(i, exc) from exc
+                progress.add(amount)
         finished = True
     finally:
         pending = [f for f in futures if not f.done()]
@@ -107,7 +139,7 @@ def gather_in_order(
         fut.release()
         return amount(out[i]) if amount is not None else 0
 
-    _follow(futures, on_done, _Progress(what, len(futures), log, every_s, unit), wrap_error)
+    _follow(futures, on_done, Progress(what, len(futures), log, every_s, unit), wrap_error)
     return out
 
 
@@ -124,4 +156,4 @@ def wait_for(
             fut.result()  # raises the task's exception (or CancelledError)
         return 0
 
-    _follow(futures, on_done, _Progress(what, len(futures), log, every_s, None), None)
+    _follow(futures, on_done, Progress(what, len(futures), log, every_s), None)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import Config, load_config
 from ..engine.registry import StageSpec
-from ..entry import run_one, setup_logging
+from ..entry import run_one, setup_process
 from ..errors import EXIT_OK, EXIT_PREEMPTED, LaunchError
 from ..storage import Store
 from .plan import pending_stages
@@ -45,7 +45,7 @@ class StageJob:
         self.stage, self.config, self.overrides = stage, config, list(overrides)
 
     def __call__(self) -> str:
-        setup_logging()
+        setup_process()
         log.info(
             "stage %s in Slurm job %s on %s (restart %s)",
             self.stage,

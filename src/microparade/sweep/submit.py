@@ -140,12 +140,12 @@ class SweepReportJob:
         self.experiment, self.overrides, self.cwd = experiment, list(overrides), cwd
 
     def __call__(self) -> str:
-        from ..entry import setup_logging
+        from ..entry import setup_process
         from .experiment import load_experiment
         from .plan import build_plan
         from .report import write_sweep_report
 
-        setup_logging()
+        setup_process()
         os.chdir(self.cwd)
         return write_sweep_report(build_plan(load_experiment(self.experiment, self.overrides)))
 

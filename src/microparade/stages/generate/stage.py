@@ -24,6 +24,7 @@ def run(ctx: StageContext) -> None:
         compression=g.compression,
         topics=g.topics,
         storage_options=ctx.store.storage_options,
+        progress=False,  # the stage logs its own summary; a run's console stays short
     )
     for f in summary["files"]:
         ctx.file_meta[f["path"]] = {"rows": f["rows"], "split": f["split"]}

@@ -37,11 +37,11 @@ import json
 import os
 import random
 import signal
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,8 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...compute.backends import Backend, available_cpus
+from ...compute.backends import Backend, cpu_threads
 from ...compute.factory import make_backend
+from ...console import detail, progress_bar
 from ...engine.context import StageContext
 from ...errors import PreemptedError, StageError
 from ...model import MicroParade, build_model, encode_batch, model_bundle
@@ -66,6 +67,7 @@ from .validation import Selection, Validator, summary
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
 
 CHECKPOINT_FORMAT = "microparade.train-checkpoint/1"
 CHECKPOINT_DIR = "checkpoints"
@@ -329,7 +331,8 @@ class Trainer:
             self.ctx.store.write_bytes_atomic(f"{self._ckpt_rel}/{name}", buf.getvalue())
             for old in self._checkpoint_files()[:-KEEP_CHECKPOINTS]:
                 self.ctx.store.rm_file(f"{self._ckpt_rel}/{old}")
-            self.ctx.log("checkpoint %s at step %d (%s)", name, self.step, self.position)
+            with detail():  # routine: in the log file, on the console with -v
+                self.ctx.log("checkpoint %s at step %d (%s)", name, self.step, self.position)
         self.backend.barrier()
 
     def restore_checkpoint(self) -> bool:
@@ -465,11 +468,6 @@ class Trainer:
                 _write_scalars(writer, r)
         if resumed and self.step >= self.total_steps:
             return
-        bar = None
-        if self.backend.is_main and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr)
         self.ctx.log(
             "training on %s: %d step(s) of %d example(s) per process, %d chunk(s), encoding %s",
             self.backend.describe(),
@@ -480,7 +478,7 @@ class Trainer:
         )
         t_interval = time.perf_counter()
         done = False
-        try:
+        with self._bar() as bar:
             for epoch in range(self.position.epoch, self.tc.epochs):
                 start = self.position if self.position.epoch == epoch else None
                 for batch, mb in self.backend.feed(self.encoded(epoch, start)):
@@ -514,9 +512,12 @@ class Trainer:
                 if done:
                     break
                 self.position = LoaderState(epoch + 1, 0, 0)
-        finally:
-            if bar is not None:
-                bar.close()
+
+    def _bar(self) -> AbstractContextManager[tqdm | None]:
+        """The steps' progress bar (:func:`~microparade.console.progress_bar`), on the main process only."""
+        if not self.backend.is_main:
+            return nullcontext()
+        return progress_bar(self.total_steps, "train", unit="step", initial=self.step)
 
     # -- model selection ------------------------------------------------------------------------
     def _lrs(self) -> dict[str, float]:
@@ -664,7 +665,7 @@ def run(ctx: StageContext) -> None:
         # Always set the thread count: starting a Dask cluster earlier in the same process sets
         # OMP_NUM_THREADS=1, so relying on torch's default would make a full run and a resumed
         # train-only run use different thread counts (and different floating-point results).
-        torch.set_num_threads(tc.num_threads or available_cpus())
+        torch.set_num_threads(cpu_threads(tc.num_threads))
         torch.use_deterministic_algorithms(True, warn_only=True)
         trainer = Trainer(ctx, backend, stop)
         try:
