@@ -119,6 +119,11 @@ def special_tokens(encoder: str) -> dict:
     }
 
 
+def id_dtype(spec: str) -> str:
+    """The narrowest little-endian integer type (``<u2`` or ``<i4``) that holds every id of a tokenizer."""
+    return "<u2" if get_tokenizer(spec).get_vocab_size(with_added_tokens=True) <= 1 << 16 else "<i4"
+
+
 def prefix_table(encoder: str) -> list[list[int]]:
     """Prefix ids per engagement bit mask 0..15: the set types' words in order, then ``:``.
 
@@ -160,10 +165,13 @@ def truncate_ragged(
     """Keep the first ``max_len`` (scalar or per row) items of every row."""
     lengths = np.diff(offsets)
     new_len = np.minimum(lengths, max_len)
-    if np.array_equal(new_len, lengths):
+    cut = np.flatnonzero(new_len < lengths)  # only these rows lose items
+    if len(cut) == 0:
         return values, offsets
-    row = np.repeat(np.arange(len(lengths)), lengths)
-    keep = (np.arange(len(values)) - offsets[row]) < new_len[row]
+    excess = lengths[cut] - new_len[cut]
+    first = np.cumsum(excess) - excess
+    keep = np.ones(len(values), dtype=bool)
+    keep[np.repeat(offsets[cut] + new_len[cut] - first, excess) + np.arange(int(excess.sum()))] = False
     return values[keep], np.concatenate([[0], np.cumsum(new_len)])
 
 
@@ -189,25 +197,34 @@ def take_ragged(values: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tup
     return values[src], out_off
 
 
-def binary_to_ragged(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """int32 lists held as little-endian bytes (one ``binary`` value per row) → ``(values, offsets)``."""
+def binary_to_ragged(arr: pa.Array, dtype: str = "<i4") -> tuple[np.ndarray, np.ndarray]:
+    """Integer lists held as bytes of ``dtype`` (one ``binary`` value per row) → ``(values int32, offsets)``.
+
+    With the default ``dtype`` ``values`` is a read-only view of the array's data buffer (no copy)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = pa.concat_arrays(arr.chunks) if arr.num_chunks else pa.array([], pa.binary())
     if len(arr) == 0:
         return np.empty(0, np.int32), np.zeros(1, np.int64)
-    arr = arr.cast(pa.large_binary())
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        arr = arr.cast(pa.binary())
+    wide = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=wide)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
     data = arr.buffers()[2]
     raw = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.empty(0, np.uint8)
-    return raw.view("<i4").astype(np.int32), (offsets - offsets[0]) // 4
+    width = np.dtype(dtype).itemsize
+    return raw.view(dtype).astype(np.int32, copy=False), (offsets - offsets[0]) // width
 
 
-def ragged_to_binary(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    """``(values, offsets)`` → one ``binary`` value per row holding its int32 ids little-endian."""
-    data = pa.py_buffer(np.ascontiguousarray(values, dtype="<i4").tobytes())
-    byte_offsets = pa.py_buffer((np.asarray(offsets) * 4).astype(np.int64))
-    arr = pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, byte_offsets, data])
-    return arr.cast(pa.binary())
+def ragged_to_binary(values: np.ndarray, offsets: np.ndarray, dtype: str = "<i4") -> pa.Array:
+    """``(values, offsets)`` → one ``binary`` value per row holding its ids as ``dtype`` (default:
+    little-endian int32; the values must fit it)."""
+    data = pa.py_buffer(np.ascontiguousarray(values, dtype=dtype))
+    byte_offsets = np.asarray(offsets, dtype=np.int64) * np.dtype(dtype).itemsize
+    if byte_offsets[-1] <= np.iinfo(np.int32).max:
+        small = pa.py_buffer(byte_offsets.astype(np.int32))
+        return pa.Array.from_buffers(pa.binary(), len(offsets) - 1, [None, small, data])
+    large = pa.Array.from_buffers(pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(byte_offsets), data])
+    return large.cast(pa.binary())
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,14 +268,14 @@ def _token_rules(source: str, encoder: str) -> _TokenRules:
 def _clean_tokens(values: np.ndarray, offsets: np.ndarray, rules: _TokenRules) -> tuple[np.ndarray, np.ndarray]:
     """Token-level cleaning over the flattened ids (no per-row loop).
 
-    Full-array passes are few (drop masks, a cumulative count, the final gather); patterns are
-    checked only at candidate positions (row starts for ``RT``, ``https`` pieces for links).
+    Full-array passes are few (drop masks and the final gathers, no cumulative sums over all tokens);
+    patterns are checked only at candidate positions (row starts for ``RT``, ``https`` pieces for
+    links), and counts at row starts come from binary searches over the few dropped positions.
     """
     keep = np.ones(len(values), dtype=bool)
     for special in rules.drop_always:
         keep &= values != special
-    kept_before = np.concatenate([[0], np.cumsum(keep)])
-    starts = kept_before[offsets]  # row offsets after dropping [CLS]/[SEP]
+    starts = offsets - np.searchsorted(np.flatnonzero(~keep), offsets)  # row offsets after dropping [CLS]/[SEP]
     values = values[keep]
     n = len(values)
     drop = np.zeros(n, dtype=bool)
@@ -279,25 +296,41 @@ def _clean_tokens(values: np.ndarray, offsets: np.ndarray, rules: _TokenRules) -
         link_start, row_end = link_start[hit], row_end[hit]
     if len(link_start):
         q = link_start + m  # first piece of the link id, if inside the row
-        word_starts = np.nonzero(~rules.is_continuation[values])[0]
-        nxt = np.searchsorted(word_starts, q + 1)
-        id_end = np.where(nxt < len(word_starts), word_starts[np.minimum(nxt, len(word_starts) - 1)], n)
-        span_end = np.where(q < row_end, np.minimum(id_end, row_end), q)
-        cover = np.zeros(n + 1, dtype=np.int64)
-        np.add.at(cover, link_start, 1)
-        np.add.at(cover, span_end, -1)
-        drop |= np.cumsum(cover[:n]) > 0
+        span_end = np.where(q < row_end, np.minimum(_word_end(values, q, rules.is_continuation), row_end), q)
+        lengths = span_end - link_start
+        first = np.cumsum(lengths) - lengths
+        drop[np.repeat(link_start - first, lengths) + np.arange(int(lengths.sum()))] = True
     if rules.at is not None:
         drop |= values == rules.at
 
     # Emit: dropped → 0 items, kept → 1, link start → the [LINK] ids.
-    count = (~drop).astype(np.int64)
-    count[link_start] = len(rules.link_ids)
-    emitted_before = np.concatenate([[0], np.cumsum(count)])
-    out = values[np.repeat(np.arange(n), count)]
-    for k, tid in enumerate(rules.link_ids):
-        out[emitted_before[link_start] + k] = tid
-    return out, emitted_before[starts]
+    emit = ~drop
+    emit[link_start] = True
+    emitted = np.flatnonzero(emit)
+    extra = len(rules.link_ids) - 1  # items a link adds beyond its one slot
+    out_starts = np.searchsorted(emitted, starts) + extra * np.searchsorted(link_start, starts)
+    out = values[emitted]
+    if len(link_start):
+        slot = np.searchsorted(emitted, link_start)
+        count = np.ones(len(out), dtype=np.int32)
+        count[slot] = len(rules.link_ids)
+        out = np.repeat(out, count)
+        at = slot + extra * np.arange(len(slot))
+        for k, tid in enumerate(rules.link_ids):
+            out[at + k] = tid
+    return out, out_starts
+
+
+def _word_end(values: np.ndarray, q: np.ndarray, is_continuation: np.ndarray) -> np.ndarray:
+    """For each position ``q``: the first position after it that starts a word (not a ``##`` piece), or the end."""
+    n = len(values)
+    end = q + 1
+    active = np.nonzero(end < n)[0]
+    while len(active):
+        active = active[is_continuation[values[end[active]]]]
+        end[active] += 1
+        active = active[end[active] < n]
+    return np.minimum(end, n)
 
 
 def _encode_batch(tok, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,12 +9,15 @@ whatever the cluster):
 
 1. **clean** — one task per ingest part: decode/clean/re-tokenise ``text_tokens``
    (:mod:`microparade.textclean`, batch calls into the Rust tokenizers), compute each row's
-   engagement bit mask and time (sources only), and write a scratch file under ``_work/``.
+   engagement bit mask and time (sources only), and write two scratch files under ``_work/``:
+   the key columns and the cleaned tokens (Arrow IPC, uncompressed: each is read back whole by
+   later steps, so neither pays Parquet's encoding nor reads columns it does not need).
 2. **windows** — the small key columns (user, tweet, timestamps, mask; about 150 bytes a row, no
    tokens) of all parts are shuffled by user into ``ceil(rows / text.partition_rows)`` partitions;
    in each, :func:`microparade.stages.text.windows.select_windows` picks every row's window (numpy, no loop
    over rows) and emits one *reference* ``(target part, target row, slot) → (engagement part,
-   engagement row)`` per valid slot.
+   engagement row)`` per valid slot; rows carry their position in their part, so steps 3 and 4 index
+   their part directly (and check the ``row_id`` there) instead of searching for it.
 3. **gather** — references are range-partitioned by the engagement's part (one partition per part
    via ``set_index`` with explicit divisions); each partition reads that part's cleaned tokens and
    attaches the item tokens (with the engagement-type prefix when ``history.prefix``).
@@ -29,8 +32,10 @@ row of window arrays and output references (measured: a 1-million-row partition 
 user peaks 0.7 GB above its keys), so a 4 GiB worker takes a user with ~5 million rows. Token
 lists never travel with the user shuffle: a power-law user costs key columns, not text.
 
-Token lists cross the step 3→4 shuffle as ``binary`` (little-endian int32 bytes) because the P2P
-shuffle of pandas 3 cannot rebuild ``list<int32>`` Arrow columns; with a cuDF backend list columns
+Token lists cross the step 3→4 shuffle as ``binary`` (little-endian bytes of the narrowest integer
+type that holds the encoder's ids, :func:`~microparade.stages.text.clean.id_dtype`: uint16 for
+MiniLM's 30,522 ids, which halves the bytes of the largest shuffle) because the P2P shuffle of
+pandas 3 cannot rebuild ``list<int32>`` Arrow columns; with a cuDF backend list columns
 shuffle natively and this detour would go. Hot paths are numpy on arrays taken from the partition
 frame (cupy offers the same calls).
 """
@@ -50,7 +55,7 @@ import pyarrow.compute as pc
 from ...compute.progress import gather_in_order
 from ...config import SPLITS
 from ...recsys_format import TARGET_TIMESTAMP, TARGETS
-from ...storage import read_parquet, write_parquet
+from ...storage import filesystem, read_parquet, retry, write_parquet, write_url
 from .clean import (
     ENGAGEMENT_BITS,
     TOKEN_LIST,
@@ -59,6 +64,7 @@ from .clean import (
     cleaning_method,
     concat_ragged,
     encoder_tokenizer_spec,
+    id_dtype,
     list_parts,
     make_list_array,
     prefix_table,
@@ -95,6 +101,7 @@ _INGEST_COLUMNS = ["row_id", "b_user_id", "tweet_id", "tweet_timestamp", "text_t
 _KEY_META = pd.DataFrame(
     {
         "fidx": pd.Series(dtype="int32"),
+        "pos": pd.Series(dtype="int32"),
         "split": pd.Series(dtype="int8"),
         "row_id": pd.Series(dtype="int64"),
         "user": pd.Series(dtype="str"),
@@ -108,15 +115,18 @@ _REF_META = pd.DataFrame(
     {
         "t_fidx": pd.Series(dtype="int32"),
         "t_row_id": pd.Series(dtype="int64"),
+        "t_pos": pd.Series(dtype="int32"),
         "slot": pd.Series(dtype="int8"),
         "e_fidx": pd.Series(dtype="int32"),
         "e_row_id": pd.Series(dtype="int64"),
+        "e_pos": pd.Series(dtype="int32"),
     }
 )
 _ITEM_META = pd.DataFrame(
     {
         "t_fidx": pd.Series(dtype="int32"),
         "t_row_id": pd.Series(dtype="int64"),
+        "t_pos": pd.Series(dtype="int32"),
         "slot": pd.Series(dtype="int8"),
         "e_mask": pd.Series(dtype="int8"),
         "e_hour": pd.Series(dtype="int8"),
@@ -133,9 +143,19 @@ class Part:
     split: str
     rel: str  # "{split}/part-NNNNN.parquet": the same name in ingest and text
     in_url: str
-    work_url: str
+    work_url: str  # scratch prefix: the keys and the tokens files are next to it
     out_url: str
     is_source: bool
+
+    @property
+    def keys_url(self) -> str:
+        """Scratch file of the key columns (user, tweet, timestamps, engagement)."""
+        return f"{self.work_url}-keys.arrow"
+
+    @property
+    def tokens_url(self) -> str:
+        """Scratch file of the cleaned candidate tokens."""
+        return f"{self.work_url}-tokens.arrow"
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,7 @@ class Params:
     size: int
     window: str
     prefix: bool
+    item_dtype: str  # how item token ids travel through the gather → assemble shuffle (id_dtype)
     storage_options: dict
 
 
@@ -156,8 +177,29 @@ class Params:
 # I/O helpers
 # --------------------------------------------------------------------------------------------
 def _write_table(table: pa.Table, url: str, storage_options: dict[str, Any]) -> None:
-    """Write a scratch or output file (zstd, :data:`ROW_GROUP_ROWS` rows per row group)."""
+    """Write an output file (zstd, :data:`ROW_GROUP_ROWS` rows per row group)."""
     write_parquet(table, url, storage_options, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+def _write_scratch(table: pa.Table, url: str, storage_options: dict[str, Any]) -> None:
+    """Write a scratch file: Arrow IPC, uncompressed (read back whole, never published)."""
+
+    def encode(sink: Any) -> None:
+        with pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+
+    write_url(url, encode, storage_options)
+
+
+def _read_scratch(url: str, storage_options: dict[str, Any]) -> pa.Table:
+    """A scratch file written by :func:`_write_scratch`."""
+    fs, path = filesystem(url, storage_options)
+
+    def attempt() -> pa.Table:
+        with fs.open(path, "rb") as f:
+            return pa.ipc.open_file(f).read_all()
+
+    return retry(attempt, what=f"read {url}")
 
 
 def _int_array(table: pa.Table, col: str, dtype=np.int64) -> np.ndarray:
@@ -193,7 +235,7 @@ def clean_part(part: Part, params: Params) -> dict:
     values, offsets = clean_token_lists(
         table.column("text_tokens"), params.source, params.encoder, params.max_content, params.method
     )
-    work = pa.table(
+    keys = pa.table(
         {
             "row_id": table.column("row_id").cast(pa.int64()),
             "b_user_id": table.column("b_user_id").cast(pa.string()),
@@ -201,10 +243,10 @@ def clean_part(part: Part, params: Params) -> dict:
             "tweet_timestamp": table.column("tweet_timestamp").cast(pa.int64()),
             "eng_time": eng_time,
             "eng_mask": pa.array(mask, pa.int8()),
-            "tokens": make_list_array(values, offsets),
         }
     )
-    _write_table(work, part.work_url, params.storage_options)
+    _write_scratch(keys, part.keys_url, params.storage_options)
+    _write_scratch(pa.table({"tokens": make_list_array(values, offsets)}), part.tokens_url, params.storage_options)
     return {"fidx": part.fidx, "rows": table.num_rows, "engagements": int((mask > 0).sum())}
 
 
@@ -213,12 +255,12 @@ def clean_part(part: Part, params: Params) -> dict:
 # --------------------------------------------------------------------------------------------
 def read_keys(part: Part, storage_options: dict) -> pd.DataFrame:
     """Key columns of one scratch part (no tokens): what the user shuffle carries."""
-    columns = ["row_id", "b_user_id", "tweet_id", "tweet_timestamp", "eng_time", "eng_mask"]
-    t = read_parquet(part.work_url, storage_options, columns=columns)
+    t = _read_scratch(part.keys_url, storage_options)
     n = t.num_rows
     return pd.DataFrame(
         {
             "fidx": np.full(n, part.fidx, dtype=np.int32),
+            "pos": np.arange(n, dtype=np.int32),
             "split": np.full(n, SPLITS.index(part.split), dtype=np.int8),
             "row_id": _int_array(t, "row_id"),
             "user": pd.Series(t.column("b_user_id").to_pandas(), dtype="str"),
@@ -245,9 +287,11 @@ def window_refs(df: pd.DataFrame, size: int, window: str) -> pd.DataFrame:
         {
             "t_fidx": df["fidx"].to_numpy()[t_idx],
             "t_row_id": df["row_id"].to_numpy()[t_idx],
+            "t_pos": df["pos"].to_numpy()[t_idx],
             "slot": slot,
             "e_fidx": eng["fidx"].to_numpy()[e_idx],
             "e_row_id": eng["row_id"].to_numpy()[e_idx],
+            "e_pos": eng["pos"].to_numpy()[e_idx],
         }
     )
 
@@ -255,9 +299,10 @@ def window_refs(df: pd.DataFrame, size: int, window: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # 3. gather
 # --------------------------------------------------------------------------------------------
-def _positions(row_ids: np.ndarray, wanted: np.ndarray, where: str) -> np.ndarray:
-    pos = np.searchsorted(row_ids, wanted)
-    ok = pos < len(row_ids)
+def _positions(row_ids: np.ndarray, pos: np.ndarray, wanted: np.ndarray, where: str) -> np.ndarray:
+    """``pos`` (row positions carried with the references) as int64, checked against ``wanted`` row ids."""
+    pos = pos.astype(np.int64)
+    ok = (pos >= 0) & (pos < len(row_ids))
     ok[ok] = row_ids[pos[ok]] == wanted[ok]
     if not ok.all():
         raise RuntimeError(f"{where}: {int((~ok).sum())} referenced row_id(s) missing, e.g. {wanted[~ok][:3].tolist()}")
@@ -272,9 +317,11 @@ def gather_items(refs: pd.DataFrame, parts: list[Part], params: Params, partitio
     fidx = refs.index.to_numpy()
     if not np.all(fidx == part.fidx):
         raise RuntimeError(f"gather partition {part.fidx} received references into parts {np.unique(fidx).tolist()}")
-    w = read_parquet(part.work_url, params.storage_options, columns=["row_id", "eng_time", "eng_mask", "tokens"])
-    pos = _positions(_int_array(w, "row_id"), refs["e_row_id"].to_numpy(), part.work_url)
-    values, offsets = take_ragged(*list_parts(w.column("tokens")), pos)
+    w = _read_scratch(part.keys_url, params.storage_options)
+    pos = _positions(_int_array(w, "row_id"), refs["e_pos"].to_numpy(), refs["e_row_id"].to_numpy(), part.keys_url)
+    tokens = list_parts(_read_scratch(part.tokens_url, params.storage_options).column("tokens"))
+    # Binary values (the ids' bytes) take as one copy each; list arrays take item by item.
+    items = ragged_to_binary(*tokens, params.item_dtype).take(pa.array(pos))
     mask = _int_array(w, "eng_mask", np.int8)[pos]
     hour = (np.asarray(pc.fill_null(w.column("eng_time"), 0).to_numpy(), np.int64)[pos] // 3600 % 24).astype(np.int8)
     if params.prefix:
@@ -282,16 +329,17 @@ def gather_items(refs: pd.DataFrame, parts: list[Part], params: Params, partitio
         p_off = np.concatenate([[0], np.cumsum([len(p) for p in table])])
         p_vals = np.array([i for p in table for i in p], dtype=np.int32)
         pv, po = take_ragged(p_vals, p_off, mask.astype(np.int64))
-        values, offsets = concat_ragged(pv, po, values, offsets)
-        values, offsets = truncate_ragged(values, offsets, params.max_content)
+        values, offsets = concat_ragged(pv, po, *binary_to_ragged(items, params.item_dtype))
+        items = ragged_to_binary(*truncate_ragged(values, offsets, params.max_content), params.item_dtype)
     return pd.DataFrame(
         {
             "t_fidx": refs["t_fidx"].to_numpy(),
             "t_row_id": refs["t_row_id"].to_numpy(),
+            "t_pos": refs["t_pos"].to_numpy(),
             "slot": refs["slot"].to_numpy(),
             "e_mask": mask,
             "e_hour": hour,
-            "item": pd.Series(pd.arrays.ArrowExtensionArray(ragged_to_binary(values, offsets))),
+            "item": pd.Series(pd.arrays.ArrowExtensionArray(items)),
         }
     )
 
@@ -314,13 +362,12 @@ def assemble_part(items: pd.DataFrame, parts: list[Part], params: Params, partit
     h = params.size
     if len(items) and not np.all(items.index.to_numpy() == part.fidx):
         raise RuntimeError(f"assemble partition {part.fidx} received items of other parts")
-    w = read_parquet(part.work_url, params.storage_options, columns=["row_id", "tweet_timestamp", "tokens"])
+    w = _read_scratch(part.keys_url, params.storage_options)
     n = w.num_rows
     row_ids = _int_array(w, "row_id")
 
-    t_row = items["t_row_id"].to_numpy()
     slot = items["slot"].to_numpy().astype(np.int64)
-    tix = _positions(row_ids, t_row, part.work_url)
+    tix = _positions(row_ids, items["t_pos"].to_numpy(), items["t_row_id"].to_numpy(), part.keys_url)
     order = np.lexsort((slot, tix))
     tix, slot = tix[order], slot[order]
     hist_len = np.bincount(tix, minlength=n)
@@ -329,8 +376,7 @@ def assemble_part(items: pd.DataFrame, parts: list[Part], params: Params, partit
     item_pos = tix * h + slot
     if len(item_pos) > 1 and not np.all(np.diff(item_pos) > 0):
         raise RuntimeError(f"{part.rel}: duplicate history slots")
-    i_vals, i_off = binary_to_ragged(pa.array(items["item"].array))
-    i_vals, i_off = take_ragged(i_vals, i_off, order)
+    i_vals, i_off = binary_to_ragged(pc.take(pa.array(items["item"].array), order), params.item_dtype)
 
     lengths = np.zeros(n * h, dtype=np.int64)
     lengths[item_pos] = np.diff(i_off)
@@ -345,7 +391,7 @@ def assemble_part(items: pd.DataFrame, parts: list[Part], params: Params, partit
     table = pa.Table.from_arrays(
         [
             pa.array(row_ids, pa.int64()),
-            w.column("tokens").combine_chunks().cast(TOKEN_LIST),
+            _read_scratch(part.tokens_url, params.storage_options).column("tokens").combine_chunks().cast(TOKEN_LIST),
             pa.array((ts // 3600 % 24).astype(np.int8), pa.int8()),
             _fixed_lists(inner, n, h),
             _fixed_lists(pa.array(eng, pa.int8()), n, h),
@@ -380,7 +426,7 @@ def list_parts_of(ctx: StageContext) -> list[Part]:
                     split=split,
                     rel=rel,
                     in_url=ingest.url(rel),
-                    work_url=ctx.work_url(f"clean/{rel}"),
+                    work_url=ctx.work_url(f"clean/{rel.removesuffix('.parquet')}"),
                     out_url=ctx.out_url(rel),
                     is_source=split in sources,
                 )
@@ -403,6 +449,7 @@ def _params(ctx: StageContext) -> Params:
         size=cfg.history.size,
         window=cfg.history.window,
         prefix=cfg.history.prefix,
+        item_dtype=id_dtype(encoder),
         storage_options=dict(ctx.store.storage_options),
     )
 
