@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,22 +18,9 @@ from microparade.storage import Store
 from tests.helpers.cli import run_cli
 from tests.helpers.paths import ROOT
 from tests.helpers.slurm_cluster import sbatch, wait_jobs
+from tests.test_lease import _config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
-
-
-def _config(tmp_path: Path, rows: int) -> Path:
-    p = tmp_path / "run.yaml"
-    p.write_text(
-        f"""
-run_dir: {tmp_path / "run"}
-data:
-  generate: {{rows: {rows}, seed: 3, rows_per_file: 2000}}
-cluster: {{n_workers: 1, threads_per_worker: 1, processes: false, dashboard: false}}
-ingest: {{blocksize: 64KiB}}
-"""
-    )
-    return p
 
 
 def _running(job: str, timeout: float = 120) -> None:

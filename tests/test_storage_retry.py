@@ -55,6 +55,8 @@ class FlakyFileSystem(LocalFileSystem):
     injected: ClassVar[dict[str, int]] = {}
     _failed: ClassVar[set[tuple[str, str]]] = set()
     _lock = threading.Lock()
+    #: Set while a listing stats its entries: a listing is one request, which fails as a whole.
+    _listing = threading.local()
     _errors = (
         lambda what: ConnectionResetError(errno.ECONNRESET, f"flaky: connection reset during {what}"),
         lambda what: TimeoutError(f"flaky: {what} timed out"),
@@ -94,8 +96,18 @@ class FlakyFileSystem(LocalFileSystem):
         return f"flaky://{self._strip_protocol(name)}"
 
     def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
-        self.maybe_fail("info", self._strip_protocol(path))
+        if not getattr(self._listing, "active", False):
+            self.maybe_fail("info", self._strip_protocol(path))
         return super().info(path, **kwargs)
+
+    def ls(self, path: Any, detail: bool = False, **kwargs: Any) -> list[Any]:
+        """A listing is one request (as on an object store), not one per entry."""
+        self.maybe_fail("info", self._strip_protocol(path))
+        self._listing.active = True
+        try:
+            return super().ls(path, detail=detail, **kwargs)
+        finally:
+            self._listing.active = False
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
         """Unlike fsspec's default, an error other than "not found" is raised, not read as False."""

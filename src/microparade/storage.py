@@ -253,15 +253,8 @@ class Store:
         """
         target = self.path(rel)
         if self.local:
-            d = posixpath.dirname(target)
-            os.makedirs(d, exist_ok=True)
-            tmp = posixpath.join(d, f".{posixpath.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(d)
+            os.replace(_durable_temporary(target, data, "tmp"), target)
+            _fsync_dir(posixpath.dirname(target))
         elif self.protocol in ("gs", "gcs", "s3", "s3a", "memory", "az", "abfs"):
             retry(lambda: self.fs.pipe_file(target, data), what=f"write {self.url(rel)}")
         else:  # other filesystems: write a temporary, then move it into place
@@ -305,8 +298,7 @@ class Store:
 
     def rm(self, rel: str, recursive: bool = True) -> None:
         p = self.path(rel)
-        self.invalidate()
-        if self.fs.exists(p):
+        if self.exists(rel):
             retry(lambda: self.fs.rm(p, recursive=recursive), what=f"remove {self.url(rel)}")
 
     def rm_file(self, rel: str) -> None:
@@ -355,22 +347,28 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _link_new_file(target: str, data: bytes) -> bool:
-    """Publish ``data`` at the local path ``target`` unless a file is there (see :meth:`Store.create_json`)."""
+def _durable_temporary(target: str, data: bytes, tag: str) -> str:
+    """A hidden sibling of the local path ``target`` holding ``data``, flushed to disk; its path."""
     d = posixpath.dirname(target)
     os.makedirs(d, exist_ok=True)
-    tmp = posixpath.join(d, f".{posixpath.basename(target)}.new-{uuid.uuid4().hex[:8]}")
+    tmp = posixpath.join(d, f".{posixpath.basename(target)}.{tag}-{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    return tmp
+
+
+def _link_new_file(target: str, data: bytes) -> bool:
+    """Publish ``data`` at the local path ``target`` unless a file is there (see :meth:`Store.create_json`)."""
+    tmp = _durable_temporary(target, data, "new")
     try:
         os.link(tmp, target)
     except FileExistsError:
         return False
     finally:
         os.unlink(tmp)
-    _fsync_dir(d)
+    _fsync_dir(posixpath.dirname(target))
     return True
 
 
