@@ -28,9 +28,10 @@ DASK_CHATTER = ("Start Nanny at", "Register worker", "Scheduler at")
 
 
 def _tiny_run(run_dir: Path, *options: str) -> str:
-    """stderr of ``microparade [options] run`` of generate + ingest (a local Dask cluster) on 3,000 rows."""
+    """stderr + stdout of ``microparade [options] run`` of generate + ingest (a local Dask cluster) on 3,000 rows."""
     overrides = [f"run_dir={run_dir}", "data.generate.rows=3000"]
-    return run_cli(*options, "run", ROOT / "configs/demo.yaml", *overrides, "--until", "ingest").stderr
+    proc = run_cli(*options, "run", ROOT / "configs/demo.yaml", *overrides, "--until", "ingest")
+    return proc.stderr + proc.stdout
 
 
 def test_dask_info_is_quiet_on_the_console_shown_with_v_and_kept_in_the_log_file(tmp_path):
@@ -41,7 +42,8 @@ def test_dask_info_is_quiet_on_the_console_shown_with_v_and_kept_in_the_log_file
     assert len(logs) == 1, logs
     kept = logs[0].read_text()
     assert all(c in kept for c in DASK_CHATTER), kept
-    assert f"log file: {logs[0]}" in err and "DEBUG   microparade: command: " in kept
+    assert f"log file: {logs[0]}" in kept and "DEBUG   microparade: command: " in kept
+    assert err.strip().splitlines()[-1].endswith(f"; log {logs[0]})"), "the run's last line names its log file"
 
     log_file = tmp_path / "elsewhere" / "run.log"
     err = _tiny_run(tmp_path / "verbose", "-v", "--log-file", str(log_file))

@@ -79,19 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine.runner import run_pipeline
+    from .engine.runner import preflight, run_pipeline
 
     if args.wait is not None:
         args.overrides = [*args.overrides, f"runner.lease_wait_s={args.wait}"]
     cfg = load_args_config(args)
-    start_run_log(cfg, args.log_file)
+    preflight(cfg, only=args.only, from_stage=args.from_stage, until=args.until)  # before the log file exists
+    log_path = start_run_log(cfg, args.log_file)
     outcome = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, until=args.until, force=args.force)
     ran = [k for k, v in outcome.items() if v == "ran"]
     skipped = [k for k, v in outcome.items() if v == "skipped"]
-    print(
-        f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} "
-        f"(run_dir {cfg.run_dir})"
-    )
+    where = f"run_dir {cfg.run_dir}" + (f"; log {log_path}" if log_path else "")
+    print(f"microparade: ran {', '.join(ran) or 'nothing'}; skipped {', '.join(skipped) or 'nothing'} ({where})")
     return EXIT_OK
 
 

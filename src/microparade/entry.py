@@ -81,17 +81,21 @@ def run_log_path(run_dir: str, now: datetime | None = None) -> str | None:
     return os.path.join(run_dir.removeprefix("file://"), LOGS_DIR, f"{stamp}-{socket.gethostname()}-{os.getpid()}.log")
 
 
-def start_run_log(cfg: Config, log_file: str | None) -> None:
-    """Write this ``run`` to its default log file (:func:`run_log_path`) unless ``--log-file`` chose one."""
+def start_run_log(cfg: Config, log_file: str | None) -> str | None:
+    """Write this ``run`` to its default log file (:func:`run_log_path`) unless ``--log-file`` chose
+    one; returns the run's log file, if any (``run`` names it in its last line)."""
     path = None if log_file is not None else run_log_path(cfg.run_dir)
     if path is None:
-        return
+        return log_file
     console.add_log_file(path)
     _log_start(path)
+    return path
 
 
 def _log_start(path: str) -> None:
-    logging.getLogger("microparade").info("log file: %s", path)
+    # In the file only: the console's first line stays the run's own (an error is one line).
+    with console.detail():
+        logging.getLogger("microparade").info("log file: %s", path)
     logging.getLogger("microparade").debug("command: %s", " ".join(sys.argv))
 
 

@@ -231,6 +231,37 @@ def select_stages(cfg: Config, only: str | None = None, from_stage: str | None =
     return names
 
 
+def preflight(
+    cfg: Config, *, only: str | None = None, from_stage: str | None = None, until: str | None = None
+) -> list[str]:
+    """The checks a run makes before it writes anything; returns the selected stages.
+
+    Raises (one line each) for a selection that does not exist or names a stage this run only
+    reads, and for what this Python lacks for the config (s3fs for s3://, torch-xla, dask-cuda...):
+    now, not as a traceback after hours of upstream work.
+    """
+    check_shared_stages(cfg)
+    selected = select_stages(cfg, only, from_stage)
+    if until is not None:
+        if until not in selected:
+            raise StageError(f"--until {until!r} is not among the selected stages {selected}")
+        selected = selected[: selected.index(until) + 1]
+    for url in (cfg.run_dir, *cfg.shared_stages.values(), *cfg.data.raw.train, *cfg.data.raw.valid, *cfg.data.raw.test):
+        require_filesystem(url)
+    if cfg.data.chunks is not None:
+        require_filesystem(cfg.data.chunks)
+    if any(by_name(name).dask for name in selected):
+        require_cluster(cfg)
+    for name in selected:
+        if (only or from_stage) == name and is_read_only(cfg, name):
+            how = "imported (data.chunks)" if is_imported(cfg, name) else "shared"
+            raise StageError(f"stage {name} is {how} from {cfg.stage_root(name)}: this run only reads it")
+        backend = cfg.stage_backend(name)
+        if backend is not None:
+            require_backend(backend, f"{name}.backend")
+    return selected
+
+
 def run_pipeline(
     cfg: Config,
     *,
@@ -247,28 +278,8 @@ def run_pipeline(
     Stages in ``shared_stages`` are never run here: each must be done where it lives; so are chunks
     imported with ``data.chunks``, which must verify and validate where they live.
     """
-    check_shared_stages(cfg)
+    selected = preflight(cfg, only=only, from_stage=from_stage, until=until)
     store = Store(cfg.run_dir, cfg.storage_options)
-    selected = select_stages(cfg, only, from_stage)
-    if until is not None:
-        if until not in selected:
-            raise StageError(f"--until {until!r} is not among the selected stages {selected}")
-        selected = selected[: selected.index(until) + 1]
-    # What this Python lacks for the config (s3fs for s3://, torch-xla, dask-cuda...): one line now,
-    # not a traceback after hours of upstream work.
-    for url in (cfg.run_dir, *cfg.shared_stages.values(), *cfg.data.raw.train, *cfg.data.raw.valid, *cfg.data.raw.test):
-        require_filesystem(url)
-    if cfg.data.chunks is not None:
-        require_filesystem(cfg.data.chunks)
-    if any(by_name(name).dask for name in selected):
-        require_cluster(cfg)
-    for name in selected:
-        if (only or from_stage) == name and is_read_only(cfg, name):
-            how = "imported (data.chunks)" if is_imported(cfg, name) else "shared"
-            raise StageError(f"stage {name} is {how} from {cfg.stage_root(name)}: this run only reads it")
-        backend = cfg.stage_backend(name)
-        if backend is not None:
-            require_backend(backend, f"{name}.backend")
     save_resolved_config(cfg, store)
     session = RunSession(cfg)
     outcome: dict[str, str] = {}
