@@ -44,3 +44,14 @@ def s3_server():
     server = MotoS3().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch at one thread for the test, restored after (torch imported here, not for every test)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,12 +21,8 @@ from microparade.stages.chunks.contract import ChunksManifest
 SPECIALS = SpecialTokens(cls=101, sep=102, pad=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: One torch thread: CPU results are bit-reproducible at a fixed thread count.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _chunks(n_features: int, history_size: int, max_length: int = 64) -> ChunksManifest:

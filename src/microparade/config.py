@@ -349,7 +349,8 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     #: Max tokens per encoder call in efficient encoding (pairs are bucketed by length under it).
     token_budget: int = Field(8192, ge=64)
-    #: torch CPU threads (0 = the CPUs this process may run on, from its CPU affinity).
+    #: torch CPU threads of train and evaluate (0 = the physical cores this process may run on: its
+    #: CPU affinity, at most Slurm's ``--cpus-per-task``; docs/training.md, "CPU threads on shared nodes").
     num_threads: int = Field(0, ge=0)
     #: Static shapes: each batch is one encoder call padded to a bucket of a fixed grid
     #: (``shape_buckets``) and short last batches are dropped, so a run compiles at most
@@ -379,6 +380,19 @@ class EvaluateConfig(Section):
     calibration: Literal["none", "isotonic", "platt"] = "platt"
     #: Share of the valid split's rows held out to fit the calibrators.
     calibration_fraction: float = Field(0.5, gt=0, lt=1)
+    #: Arithmetic of the text encoder when predicting (the rest of the model stays float32):
+    #: ``fp32`` (as trained), ``bf16`` (``torch.autocast`` to bfloat16: fast on CPUs with
+    #: AVX512-BF16/AMX and on GPUs) or ``int8`` (dynamic int8 quantisation of its linear layers,
+    #: CPU only). Measured speed and AP: docs/benchmarks.md, "Inference". Not on ``backend: xla``.
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+
+    @model_validator(mode="after")
+    def _precision_on_backend(self) -> EvaluateConfig:
+        if self.precision != "fp32" and self.backend == "xla":
+            raise ValueError(f"evaluate.precision={self.precision} is for backend cpu or cuda, not xla: use fp32")
+        if self.precision == "int8" and self.backend != "cpu":
+            raise ValueError(f"evaluate.precision=int8 runs on backend cpu only, not {self.backend}: use bf16 or fp32")
+        return self
 
 
 class ReportConfig(Section):

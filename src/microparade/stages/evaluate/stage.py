@@ -24,9 +24,11 @@ rows in the chunks, calibration is skipped with a log line and a note in ``calib
 Inference runs in one process (``evaluate.backend``: cpu, the first GPU, or every XLA device of
 the host), in eval mode, with the efficient encoding (same logits as the naive one up to float
 rounding), chunk by chunk through the hot-swap loader in manifest order, so the outputs do not
-depend on how training was parallelised. On ``xla`` batches have static shapes
-(``train.shape_buckets``): a split's short last batch is padded with repeats of its rows, whose
-predictions are dropped, and the manifest ``extra`` records the ``compilations``.
+depend on how training was parallelised. The text encoder computes at ``evaluate.precision``
+(fp32 as trained, bf16 autocast or dynamic int8: :mod:`microparade.model.inference`). On ``xla``
+batches have static shapes (``train.shape_buckets``): a split's short last batch is padded with
+repeats of its rows, whose predictions are dropped, and the manifest ``extra`` records the
+``compilations``.
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ import pyarrow.parquet as pq
 import torch
 
 from ...calibration import Calibrator, Identity, fit_calibrator, holdout_mask, reliability_bins
-from ...compute.backends import Backend, available_cpus
+from ...compute.backends import Backend, cpu_threads
 from ...compute.factory import make_backend
+from ...compute.progress import Progress
 from ...engine.context import StageContext
 from ...errors import StageError
 from ...metrics import compute_metrics
 from ...model import SpecialTokens, encode_batch, load_model_bundle
 from ...model.batching import ShapeBuckets
+from ...model.inference import for_inference
 from ...model.loader import ChunkLoader
 from ...recsys_format import TARGETS
 from ..chunks.contract import ChunksManifest
@@ -99,9 +103,7 @@ def predict_split(
     use_history = bool(bundle["model_config"].get("use_history", True))
     keys = ("row_id", "tweet_id", "b_user_id", "a_follower_count", "labels", "probs")
     cols: dict[str, list[Any]] = {k: [] for k in keys}
-    done = 0
-    total = loader.examples_per_epoch()
-    next_log = 0
+    progress = Progress(f"{loader.split} rows predicted", loader.examples_per_epoch(), log, items="rows")
 
     def encoded():
         for batch in loader.epoch(0):
@@ -121,7 +123,7 @@ def predict_split(
             yield batch.examples, mb
 
     # inference_mode tensors are not for compiled backends; no_grad is what torch-xla documents.
-    with torch.no_grad() if backend.static_shapes else torch.inference_mode():
+    with torch.no_grad() if backend.static_shapes else torch.inference_mode(), progress:
         for ex, mb in backend.feed(encoded()):
             probs_dev = torch.sigmoid(model(mb).float())
             backend.step_end()
@@ -135,10 +137,7 @@ def predict_split(
                 ("probs", probs),
             ):
                 cols[key].append(val)
-            done += len(ex)
-            if done >= next_log:
-                log("%s: %d/%d rows predicted", loader.split, done, total)
-                next_log += max(total // 10, 1)
+            progress.add(items=len(ex))
     out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
     order = np.argsort(out["row_id"], kind="stable")
     return {k: v[order] for k, v in out.items()}
@@ -175,15 +174,15 @@ def _make_predictor(ctx: StageContext, bundle: dict[str, Any], chunks: ChunksMan
     ec = ctx.cfg.evaluate
     backend = make_backend(ec.backend, environ={}).setup()
     # Same thread count whether or not a Dask cluster ran earlier in this process (see train).
-    torch.set_num_threads(ctx.cfg.train.num_threads or available_cpus())
-    model = backend.wrap(load_model_bundle(bundle)).eval()
+    torch.set_num_threads(cpu_threads(ctx.cfg.train.num_threads))
+    model = backend.wrap(for_inference(load_model_bundle(bundle), ec.precision, backend.device.type)).eval()
     buckets = None
     if backend.static_shapes:
         sb = ctx.cfg.train.shape_buckets
         buckets = ShapeBuckets.for_chunks(
             chunks, batch_size=ec.batch_size, rows=sb.rows, lengths=sb.lengths, multiple=backend.shape_multiple
         )
-    ctx.log("predicting on %s (evaluate.model=%s)", backend.describe(), ec.model)
+    ctx.log("predicting on %s (evaluate.model=%s, evaluate.precision=%s)", backend.describe(), ec.model, ec.precision)
     return _Predictor(model, bundle, backend, buckets, chunks, ctx)
 
 
