@@ -204,11 +204,12 @@ def test_pipeline_on_bucket(bucket_run):
     by_split = {s: [f for f in files if f["split"] == s] for s in SPLIT_ROWS}
     assert {s: sum(f["rows"] for f in chunks) for s, chunks in by_split.items()} == SPLIT_ROWS
     assert [f["path"] for f in by_split["train"]] == [f"train/chunk-{i:05d}.parquet" for i in range(3)]
-    # The stage directory holds exactly the manifest's chunks and the manifest.
+    # The stage directory holds exactly the manifest's chunks, the manifest and the released lease.
     fs = run.fs()
     base = run.path("chunks")
     listed = sorted(p[len(base) + 1 :] for p in fs.find(base, withdirs=False))
-    assert listed == sorted(paths + ["_MANIFEST.json"])
+    assert listed == sorted(paths + ["_MANIFEST.json", "_lease/00000001.json"])
+    assert json.loads(run.read("chunks/_lease/00000001.json"))["state"] == "released"
     for f in files:
         data = run.read(f"chunks/{f['path']}")
         assert len(data) == f["bytes"], f["path"]
