@@ -270,7 +270,8 @@ def test_emulator_restart_during_train(bucket_run, tmp_path):
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with open(out, "w") as fout, open(err, "w") as ferr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "microparade.cli", "run", str(run.config), "--from", "train"],
+            # -v: the checkpoint lines, details that the console leaves out by default, are timed below.
+            [sys.executable, "-m", "microparade.cli", "-v", "run", str(run.config), "--from", "train"],
             cwd=ROOT,
             env={**os.environ, **run.env},
             stdout=fout,

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from ...compute.backends import Backend, cpu_threads
 from ...compute.factory import make_backend
-from ...console import detail, progress_bar
+from ...console import progress_bar
 from ...engine.context import StageContext
 from ...errors import PreemptedError, StageError
 from ...model import MicroParade, build_model, encode_batch, model_bundle
@@ -331,8 +331,8 @@ class Trainer:
             self.ctx.store.write_bytes_atomic(f"{self._ckpt_rel}/{name}", buf.getvalue())
             for old in self._checkpoint_files()[:-KEEP_CHECKPOINTS]:
                 self.ctx.store.rm_file(f"{self._ckpt_rel}/{old}")
-            with detail():  # routine: in the log file, on the console with -v
-                self.ctx.log("checkpoint %s at step %d (%s)", name, self.step, self.position)
+            # On the console too: a Slurm job's log must show where a requeued job resumes from.
+            self.ctx.log("checkpoint %s at step %d (%s)", name, self.step, self.position)
         self.backend.barrier()
 
     def restore_checkpoint(self) -> bool:
