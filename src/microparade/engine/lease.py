@@ -41,6 +41,7 @@ from ..errors import StageError
 from ..slurm.query import job_ended
 from ..storage import Store
 from .manifest import LEASE_DIR, now_iso
+from .markers import slurm_info
 
 log = logging.getLogger("microparade")
 
@@ -60,12 +61,13 @@ def pid_start(pid: int) -> str | None:
 
 
 def slurm_owner() -> dict[str, str] | None:
-    """This process's Slurm job, job step (when in an ``srun`` step) and restart count."""
-    env = os.environ
-    if "SLURM_JOB_ID" not in env:
+    """This process's Slurm job, job step (when in an ``srun`` step) and restart count (the job's
+    part of :func:`~.markers.slurm_info`)."""
+    info = slurm_info()
+    if info is None:
         return None
-    owner = {"job_id": env["SLURM_JOB_ID"], "restart_count": env.get("SLURM_RESTART_COUNT", "0")}
-    step = env.get("SLURM_STEP_ID", "")
+    owner = {"job_id": info["job_id"], "restart_count": info.get("restart_count", "0")}
+    step = os.environ.get("SLURM_STEP_ID", "")
     if step.isdigit() and int(step) < 0xFFFFFFF0:  # not the batch or extern step's pseudo ids
         owner["step_id"] = step
     return owner
