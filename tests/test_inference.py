@@ -15,7 +15,7 @@ from microparade.config import ConfigError, ModelConfig
 from microparade.engine import run_pipeline
 from microparade.model import build_model, encode_batch
 from microparade.model.batching import Examples, SpecialTokens
-from microparade.model.inference import AutocastEncoder, for_inference
+from microparade.model.inference import for_inference
 from microparade.recsys_format import TARGETS
 
 SPECIALS = SpecialTokens(cls=101, sep=102, pad=0)
@@ -53,7 +53,7 @@ def test_fp32_leaves_the_model_as_trained():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     expected = _probs(model, ex)
     same = for_inference(model, "fp32")
-    assert same is model and not isinstance(model.encoder, AutocastEncoder)
+    assert same is model and all(p.dtype == torch.float32 for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert np.array_equal(_probs(model, ex), expected)  # bit for bit: the default path is unchanged
 
@@ -69,6 +69,14 @@ def test_tiny_encoder_agrees_with_fp32(precision):
     # only the encoder changes: the heads and the aggregator keep their float32 weights
     assert all(p.dtype == torch.float32 for p in fast.heads.parameters())
     assert all(p.dtype == torch.float32 for p in fast.aggregator.parameters())
+
+
+def test_bf16_casts_the_whole_encoder():
+    model, ex = _model_and_examples("tiny", 8)
+    fast = for_inference(model, "bf16")
+    assert {p.dtype for p in fast.encoder.parameters()} == {torch.bfloat16}  # embeddings and layer norms too
+    assert all(p.dtype == torch.float32 for n, p in fast.named_parameters() if not n.startswith("encoder."))
+    assert _probs(fast, ex).dtype == np.float32
 
 
 def test_minilm_bf16_agrees_with_fp32():

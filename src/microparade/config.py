@@ -381,7 +381,7 @@ class EvaluateConfig(Section):
     #: Share of the valid split's rows held out to fit the calibrators.
     calibration_fraction: float = Field(0.5, gt=0, lt=1)
     #: Arithmetic of the text encoder when predicting (the rest of the model stays float32):
-    #: ``fp32`` (as trained), ``bf16`` (``torch.autocast`` to bfloat16: fast on CPUs with
+    #: ``fp32`` (as trained), ``bf16`` (the encoder cast to bfloat16: fast on CPUs with
     #: AVX512-BF16/AMX and on GPUs) or ``int8`` (dynamic int8 quantisation of its linear layers,
     #: CPU only). Measured speed and AP: docs/benchmarks.md, "Inference". Not on ``backend: xla``.
     precision: Literal["fp32", "bf16", "int8"] = "fp32"

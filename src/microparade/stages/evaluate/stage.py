@@ -25,7 +25,7 @@ Inference runs in one process (``evaluate.backend``: cpu, the first GPU, or ever
 the host), in eval mode, with the efficient encoding (same logits as the naive one up to float
 rounding), chunk by chunk through the hot-swap loader in manifest order, so the outputs do not
 depend on how training was parallelised. The text encoder computes at ``evaluate.precision``
-(fp32 as trained, bf16 autocast or dynamic int8: :mod:`microparade.model.inference`). On ``xla``
+(fp32 as trained, the encoder cast to bf16, or dynamic int8: :mod:`microparade.model.inference`). On ``xla``
 batches have static shapes (``train.shape_buckets``): a split's short last batch is padded with
 repeats of its rows, whose predictions are dropped, and the manifest ``extra`` records the
 ``compilations``.
