@@ -17,6 +17,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 SECONDS=0
 took() { echo "[install] $1 in ${SECONDS}s"; SECONDS=0; }
 
+need_space() {  # need_space GB WHAT: fail at once, not minutes later in pip's "[Errno 28] No space left"
+  local avail_kb
+  avail_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+  if [ "$avail_kb" -lt $(($1 * 1024 * 1024)) ]; then
+    echo "[install] $2 needs about $1 GB free on the disk holding $here (wheels, pip/uv caches and the" \
+      "environment); only $((avail_kb / 1024 / 1024)) GB are free. Free some space and run this again." >&2
+    exit 1
+  fi
+}
+
 make_venv() {  # make_venv DIR
   if [ ! -x "$1/bin/python" ]; then
     echo "[install] creating $1 with $($PY --version)"
@@ -25,6 +35,7 @@ make_venv() {  # make_venv DIR
 }
 
 install_cpu() {  # install_cpu EXTRA(""|dev|cloud)
+  [ -x .venv/bin/python ] || need_space 4 ".venv (CPU torch, ~2.5 GB)"
   make_venv .venv
   local vpy=.venv/bin/python
   # CPU build of torch first: with it installed, the package's torch>=... range installs nothing
@@ -44,6 +55,7 @@ install_cpu() {  # install_cpu EXTRA(""|dev|cloud)
 }
 
 install_tpu() {
+  [ -x .venv-tpu/bin/python ] || need_space 12 ".venv-tpu (CUDA torch 2.9.0 + torch-xla, ~8 GB)"
   make_venv .venv-tpu
   local vpy=.venv-tpu/bin/python
   # torch-xla 2.9.0 needs torch 2.9.0 exactly; PyPI has that torch only as its CUDA build, so this
