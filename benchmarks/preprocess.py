@@ -387,6 +387,42 @@ def io_sort_floor(cfg: Config, out_path: Path) -> dict[str, Any]:
     return out
 
 
+def output_floor(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
+    """What writing the pipeline's own outputs costs, apart from computing them.
+
+    For text, features and chunks, every published Parquet file is read into memory (not timed)
+    and written again once, with its own codec and row group size, into ``out_dir`` (deleted
+    afterwards): the encode + write that any implementation publishing these files pays, timed in
+    wall-clock and CPU seconds of this one process.
+    """
+    store = Store(cfg.run_dir, cfg.storage_options)
+    out: dict[str, dict[str, float]] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stage in TIMED:
+        manifest = read_manifest(store, stage)
+        if manifest is None:
+            raise RuntimeError(f"no {stage} manifest under {cfg.run_dir}: run the pipeline first")
+        rels = sorted(f["path"] for f in manifest.files if f["path"].endswith(".parquet"))
+        wall = cpu = 0.0
+        written = 0
+        for i, rel in enumerate(rels):
+            with store.open(f"{stage}/{rel}", "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                meta = pf.metadata
+                table = pf.read()
+            codec = meta.row_group(0).column(0).compression.lower() if meta.num_row_groups else "zstd"
+            group = max((meta.row_group(g).num_rows for g in range(meta.num_row_groups)), default=1)
+            target = out_dir / f"{stage}-{i}.parquet"
+            with _Timer() as t:
+                pq.write_table(table, target, compression=codec, row_group_size=max(group, 1))
+            wall, cpu = wall + t.wall, cpu + t.cpu
+            written += target.stat().st_size
+            target.unlink()
+        out[stage] = {"files": len(rels), "bytes": written, "write_s": wall, "write_cpu_s": cpu}
+    out_dir.rmdir()
+    return out
+
+
 def floor_fractions(p: PipelineRun, floor: dict[str, Any]) -> dict[str, float]:
     """Each timed stage's rows/s, and text+features+chunks', as a fraction of the floor's rows/s."""
     out = {s: (p.rows / p.stage_s[s]) / floor["rows_per_s"] for s in TIMED}
@@ -632,12 +668,21 @@ def benchmark_size(size: int, work: Path, args, sampler: WorkerMemorySampler) ->
     if args.protocol == "ucx":
         return _ucx_size(res, cfg, work, raw_dir, args, sampler)
     res.floor = fl = io_sort_floor(cfg, work / f"floor-{size}.parquet")
+    fl["outputs"] = output_floor(cfg, work / f"floor-{size}-outputs")
     frac = floor_fractions(p, fl)
     print(
         f"I/O + sort floor ({fl['threads']} pyarrow threads): read {fl['read_s']:.1f}s, sort {fl['sort_s']:.1f}s, "
         f"write {fl['write_s']:.1f}s -> {fl['rows_per_s']:,.0f} rows/s; pipeline at "
         + ", ".join(f"{s} {frac[s]:.3f}" for s in TIMED)
         + f", text+features+chunks {frac['total']:.3f} of the floor (1/{1 / frac['total']:.0f})",
+        flush=True,
+    )
+    print(
+        "writing the published outputs once: "
+        + ", ".join(
+            f"{s} {o['bytes'] / MB:.0f} MB in {o['write_s']:.1f}s ({o['write_cpu_s']:.1f} CPU s)"
+            for s, o in fl["outputs"].items()
+        ),
         flush=True,
     )
     if args.fixed_partitions:
@@ -895,7 +940,56 @@ def floor_lines(results: list[SizeResult]) -> list[str]:
             f"| {r.size:,} | {steps} | {f['rows_per_s']:,.0f} | {per_stage} | {r.pipeline.rows_per_s:,.0f} rows/s "
             f"= **{frac['total']:.3f}** (1/{1 / frac['total']:.0f}) |"
         )
-    return [*lines, ""]
+    return [*lines, *output_floor_lines(measured), ""]
+
+
+def output_floor_lines(measured: list[SizeResult]) -> list[str]:
+    """The cost of writing the published outputs once (:func:`output_floor`), beside the floor's write."""
+    measured = [r for r in measured if r.floor.get("outputs")]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "**Writing what the pipeline publishes**, measured in the same run: every Parquet file that text, "
+        "features and chunks published, read into memory (not timed) and written once more with its own codec "
+        "and row group size, in this one process. That encode + write is owed by any implementation that "
+        "publishes these files, whatever it computes; the floor above writes the ingest rows once. *Read + sort "
+        "+ outputs* = the floor's read and sort plus these writes: a floor for this output format. MB written, "
+        "wall-clock seconds, CPU seconds in parentheses:",
+        "",
+        "| size | text | features | chunks | all outputs | floor's write | read + sort + outputs s | rows/s "
+        "| text+features+chunks as a fraction of it |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in measured:
+        f, outs = r.floor, r.floor["outputs"]
+        cells = [f"{o['bytes'] / MB:,.0f} MB, {o['write_s']:.1f} ({o['write_cpu_s']:.1f})" for o in outs.values()]
+        total_mb = sum(o["bytes"] for o in outs.values()) / MB
+        write_s = sum(o["write_s"] for o in outs.values())
+        write_cpu = sum(o["write_cpu_s"] for o in outs.values())
+        fmt_floor = f["read_s"] + f["sort_s"] + write_s
+        rate = r.rows / fmt_floor
+        lines.append(
+            f"| {r.size:,} | {' | '.join(cells)} | {total_mb:,.0f} MB, {write_s:.1f} ({write_cpu:.1f}) "
+            f"| {f['bytes_written'] / MB:,.0f} MB, {f['write_s']:.1f} ({f['write_cpu_s']:.1f}) | {fmt_floor:.1f} "
+            f"| {rate:,.0f} | **{r.pipeline.rows_per_s / rate:.3f}** (1/{rate / r.pipeline.rows_per_s:.1f}) |"
+        )
+    return [*lines, "", _budget_line(measured[-1])]
+
+
+def _budget_line(r: SizeResult) -> str:
+    """How much of the time that 1/3 of the floor allows the output writes alone take (largest size)."""
+    f, outs = r.floor, r.floor["outputs"]
+    budget = 3 * f["total_s"]
+    write_s = sum(o["write_s"] for o in outs.values())
+    spread = sum(o["write_cpu_s"] for o in outs.values()) / f["threads"]
+    return (
+        f"At {r.size:,} rows, 1/3 of the floor allows text, features and chunks 3 × {f['total_s']:.1f} = "
+        f"{budget:.1f} s in all. Writing their outputs once takes {write_s:.1f} s in one process, and "
+        f"{spread:.1f} s even if spread perfectly over the {f['threads']} cores: {spread / budget:.0%} of that "
+        "budget before the stages compute anything (clean tokens, select windows, join, aggregate, sort, "
+        f"hash). The pipeline took {r.pipeline.timed_s:.1f} s."
+    )
 
 
 def summary_lines(results: list[SizeResult]) -> list[str]:
@@ -951,6 +1045,32 @@ def summary_lines(results: list[SizeResult]) -> list[str]:
                 + " / ".join(f"{p.largest_chunk_rows:,}" for p in runs)
                 + " rows."
             )
+    return [*out, *_scaling_lines(results)]
+
+
+def _scaling_lines(results: list[SizeResult]) -> list[str]:
+    """The issue's scaling targets: linear time, and fixed-partition memory ≤ 1.2x from 100k to 1M rows."""
+    out = []
+    by_size = {r.rows: r for r in results}
+    small, big = by_size.get(100_000), by_size.get(1_000_000)
+    if small and big and small.fixed and big.fixed:
+        growth = big.fixed.peak_mb / small.fixed.peak_mb
+        out.append(
+            f"- Target: peak worker memory with fixed partition sizes grows ≤ 1.2x from 100,000 to 1,000,000 rows: "
+            f"x{growth:.2f} ({small.fixed.peak_mb:.0f} -> {big.fixed.peak_mb:.0f} MB), "
+            f"{'met' if growth <= 1.2 else 'missed'}."
+        )
+    ordered = sorted(results, key=lambda r: r.rows)
+    if len(ordered) > 1:
+        steps = ", ".join(
+            f"x{b.rows / a.rows:.0f} rows: time x{b.pipeline.timed_s / a.pipeline.timed_s:.2f}"
+            + (f" (fixed partitions x{b.fixed.timed_s / a.fixed.timed_s:.2f})" if a.fixed and b.fixed else "")
+            for a, b in zip(ordered, ordered[1:])
+        )
+        out.append(
+            f"- Time of text+features+chunks from one size to the next ({steps}); linear time is x the rows. "
+            "Fixed per-run costs (cluster start, graph building, the shuffles' set-up) make small sizes slower per row."
+        )
     return out
 
 
@@ -980,12 +1100,18 @@ PROFILE = (
     "the rest of `write_chunk` (sort, take, hashing while writing) 23 %; `map_part` (read, join, key, fragment) "
     "12 %; Dask 6 % |",
     "",
-    "What is irreducible, and what is not: the output Parquet encode is the format's cost (text writes "
-    "~10 token lists a row, ~280 MB of item ids at 300k rows; re-encoding its published files alone takes 2.7 "
-    "CPU s, against 1.1 for all of ingest's output), and chunks writes the same histories again, so these two "
-    "stages write ~10x the bytes of the floor's single write. The Dask share (scheduler, comms, P2P shuffles: "
-    "about 30 % of text and of features) and the size model's trial encodes in chunks are overhead that a design "
-    "with fewer shuffles or a cheaper size estimate could remove.",
+    "What is irreducible, and what is not: the output Parquet encode is the format's cost. Text publishes the "
+    "~10 history token lists of every row (the training examples' text, joined once, so that chunks and "
+    "training never join again), chunks writes the same histories once more inside the self-contained "
+    "training rows that a TPU or GPU job reads without the rest of the run, and the two together write ~8x "
+    "the bytes of the floor's single write (table above). Writing them alone, with no computation at all, "
+    "takes more than half of the time that 1/3 of the floor allows, even spread over every core (line above); "
+    "the pipeline runs at about half of the "
+    "*read + sort + outputs* floor, so the ≥ 1/3 target cannot be met without changing the output format "
+    "(for example, histories as references into an item table that chunks and the loader join, which moves "
+    "the join into training). What remains above that floor: the Dask share (scheduler, comms, P2P shuffles: "
+    "about 30 % of text and of features), the size model's trial encodes in chunks (17 % of chunks), the "
+    "sha256 of every published byte (the manifests' integrity check), and the computation itself.",
 )
 
 #: How to read the tables (true of every run, so part of the generated section).
