@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from microparade.compute.backends import launch_id
 from microparade.config import RunnerConfig, load_config
 from microparade.engine import compute_status
-from microparade.engine.lease import read_lease, take_lease
+from microparade.engine.lease import follow_lease, read_lease, take_lease
 from microparade.engine.runner import begin_publication
 from microparade.errors import StageError
 from microparade.storage import Store
@@ -93,6 +94,61 @@ def test_a_live_owner_is_refused_with_its_name_then_the_released_lease_is_taken(
     lease = read_lease(Store(cfg.run_dir), "generate")
     assert lease is not None and lease.epoch == 2 and lease.released and lease.record["took_over"] is None
     assert not _lease_file(tmp_path / "run", "generate", 1).exists(), "older epochs are removed"
+
+
+#: Rank 1 of a two-process torchrun launch.
+RANK1 = {
+    "RANK": "1",
+    "WORLD_SIZE": "2",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29531",
+    "TORCHELASTIC_RUN_ID": "r7",
+}
+
+
+def test_launch_id_names_what_the_processes_of_one_launch_share():
+    assert launch_id({}) is None
+    assert launch_id({"RANK": "0", "WORLD_SIZE": "1"}) is None
+    assert launch_id({**RANK1, "RANK": "0"}) == launch_id(RANK1) == "torchrun r7"
+    assert launch_id({**RANK1, "TORCHELASTIC_RUN_ID": "none"}) == "rendezvous 127.0.0.1:29531"
+    srun = {"SLURM_PROCID": "3", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_JOB_ID": "17"}
+    assert launch_id({**srun, "SLURM_JOB_NODELIST": "n[1-2]"}) == "Slurm job 17 step 0"
+
+
+def test_a_follower_rank_computes_under_the_lease_of_its_own_rank_0(tmp_path, monkeypatch):
+    for key, value in RANK1.items():
+        monkeypatch.setenv(key, value)
+    runner = RunnerConfig(lease_heartbeat_s=1, lease_expiry_s=30)
+    store = Store(str(tmp_path))
+    held: list = []
+    # rank 0 takes the lease a moment after this rank starts waiting for it
+    threading.Timer(1.0, lambda: held.append(take_lease(store, "train", runner)[0])).start()
+    started = time.monotonic()
+    lease = follow_lease(store, "train", runner)
+    assert lease.record["launch"] == "torchrun r7" and lease.epoch == 1
+    assert 0.5 < time.monotonic() - started < 10
+    held[0].release()
+
+
+def test_a_follower_rank_stops_when_its_rank_0_never_takes_the_lease(tmp_path):
+    """Rank 0 is refused (a live runner of another launch holds the stage): rank 1 must not compute the
+    stage alone, which would leave it waiting at its first collective until the job's time limit."""
+    cfgp = _config(tmp_path)
+    cfg = load_config(cfgp)
+    other, _ = take_lease(Store(cfg.run_dir), "generate", cfg.runner)  # a live owner, not of the launch
+    try:
+        overrides = ("runner.lease_heartbeat_s=1", "runner.lease_expiry_s=3")
+        started = time.monotonic()
+        proc = run_cli("run", cfgp, "--only", "generate", *overrides, env=RANK1, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert time.monotonic() - started < 60
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "stage generate: rank 0 of this launch (torchrun r7) has not taken its lease in 3 s" in last
+        assert f"it is held by pid {os.getpid()} on {HOST}" in last
+        generated = [p for p in (tmp_path / "run" / "generate").rglob("*") if p.is_file() and "_lease" not in p.parts]
+        assert generated == [], "rank 1 computed the stage on its own"
+    finally:
+        other.release()
 
 
 def test_two_runs_started_together_compute_each_stage_once(tmp_path):

@@ -142,6 +142,19 @@ def process_rank(environ: Mapping[str, str] | None = None) -> int:
     return dist_env(environ).rank
 
 
+def launch_id(environ: Mapping[str, str] | None = None) -> str | None:
+    """What every process of one multi-process launch shares and no other launch does (None when not
+    distributed): the Slurm job and step of an srun step, torchrun's run id, else its rendezvous."""
+    env = os.environ if environ is None else environ
+    d = dist_env(env)
+    if d.world_size <= 1:
+        return None
+    if d.source == "slurm":
+        return f"Slurm job {env.get('SLURM_JOB_ID', '?')} step {env.get('SLURM_STEP_ID', '?')}"
+    run = env.get("TORCHELASTIC_RUN_ID", "")
+    return f"torchrun {run}" if run and run != "none" else f"rendezvous {d.master_addr}:{d.master_port}"
+
+
 class Backend:
     """Device + process group of one training process (see the module docstring).
 

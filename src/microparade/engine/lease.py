@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ..compute.backends import launch_id
 from ..config import RunnerConfig
 from ..errors import StageError
 from ..slurm.query import job_ended
@@ -206,6 +207,7 @@ def _new_record(stage: str, epoch: int, expiry_s: float, took_over: dict[str, An
         "pid": pid,
         "pid_start": pid_start(pid),
         "slurm": slurm_owner(),
+        "launch": launch_id(),
         "argv": sys.argv,
         "acquired": now_iso(),
         "heartbeat": now_iso(),
@@ -251,6 +253,32 @@ def take_lease(store: Store, stage: str, runner: RunnerConfig) -> tuple[StageLea
         if old < epoch:
             store.rm_file(_lease_rel(stage, old))
     return StageLease(store, stage, Lease(epoch, record), runner.lease_heartbeat_s), waited
+
+
+def follow_lease(store: Store, stage: str, runner: RunnerConfig) -> Lease:
+    """In a non-zero rank of a multi-process launch (torchrun, srun with several tasks): wait until
+    rank 0 of the same launch holds the lease of ``stage`` (or has released it), and return it.
+
+    Rank 0 takes the lease for all ranks; the others compute only under it. When rank 0 is refused
+    (a live owner holds the stage) the launcher may not stop the other ranks (srun without
+    ``--kill-on-bad-exit``), and a rank computing alone would wait at its first collective until
+    the job's time limit: this raises :class:`StageError` instead, once rank 0 has had
+    ``runner.lease_wait_s + runner.lease_expiry_s`` to take the lease.
+    """
+    mine = launch_id()
+    allowed = runner.lease_wait_s + runner.lease_expiry_s
+    deadline = time.monotonic() + allowed
+    while True:
+        lease = read_lease(store, stage)
+        if lease is not None and lease.record.get("launch") == mine:
+            return lease
+        if time.monotonic() >= deadline:
+            held = f"; it is held by {lease.owner()}" if lease is not None and not lease.released else ""
+            raise StageError(
+                f"stage {stage}: rank 0 of this launch ({mine}) has not taken its lease in {allowed:g} s{held}; "
+                "this rank does not compute without it"
+            )
+        time.sleep(POLL_S)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from ..storage import Store, format_bytes, parquet_rows, require_filesystem
 from .context import RunSession, StageContext
 from .fingerprint import code_version, git_commit, stage_fingerprint
 from .layout import check_shared_stages, is_imported, is_read_only, is_shared, stage_store
-from .lease import StageLease, stage_lease
+from .lease import StageLease, follow_lease, stage_lease
 from .manifest import (
     FAILED,
     INCOMPLETE,
@@ -68,17 +68,28 @@ def run_stage(
     Returns the published manifest, or None in a non-zero rank of a distributed launch.
     """
     if process_rank() > 0:
-        _compute_only(cfg, spec, store, inputs, session)
-        return None
+        done = _compute_only(cfg, spec, store, inputs, session)
+        return done[0] if done else None
     with stage_lease(store, spec.name, cfg.runner) as (lease, _):
         return _compute_and_publish(cfg, spec, store, inputs, session, lease)
 
 
-def _compute_only(cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession) -> None:
+def _compute_only(
+    cfg: Config, spec: StageSpec, store: Store, inputs: dict[str, Manifest], session: RunSession
+) -> tuple[Manifest, str] | None:
     """A non-zero rank of a multi-process stage (torchrun, or srun with several tasks): rank 0 owns
-    the lease, the markers, the staging directory and the publication; this process only computes."""
+    the lease, the markers, the staging directory and the publication; this process computes once
+    rank 0 holds the lease (:func:`~.lease.follow_lease`). Returns ``(manifest, "skipped")`` when rank
+    0 found the stage done after waiting for another owner, else None."""
+    lease = follow_lease(store, spec.name, cfg.runner)
+    if lease.released:  # rank 0 let it go before this rank computed: published, or failed
+        done = _done(cfg, spec, store, inputs)
+        if done is None:
+            raise StageError(f"stage {spec.name}: rank 0 of this launch released its lease without publishing")
+        return done
     fingerprint, _ = stage_fingerprint(cfg, spec, inputs)
     spec.load()(StageContext(cfg, spec, store, inputs, fingerprint, session))
+    return None
 
 
 def _compute_and_publish(
@@ -333,8 +344,7 @@ def _run_leased(
 ) -> tuple[Manifest, str] | None:
     """Run the stage under its lease (rank 0 takes it; the other ranks only compute); None in those."""
     if process_rank() > 0:
-        _compute_only(cfg, spec, store, inputs, session)
-        return None
+        return _compute_only(cfg, spec, store, inputs, session)
     with stage_lease(store, spec.name, cfg.runner) as (lease, waited):
         if waited and not forced:  # the owner we waited for may have published it
             done = _done(cfg, spec, store, inputs)
