@@ -120,12 +120,16 @@ def test_a_follower_rank_computes_under_the_lease_of_its_own_rank_0(tmp_path, mo
         monkeypatch.setenv(key, value)
     runner = RunnerConfig(lease_heartbeat_s=1, lease_expiry_s=30)
     store = Store(str(tmp_path))
+    # an earlier run of a launch with the same id (a requeued job, torchrun on the same port) left its
+    # released lease: it is not this run's rank 0
+    earlier = {"state": "released", "launch": "torchrun r7", "acquired_unix": time.time() - 3600}
+    _write_lease(_lease_file(tmp_path, "train"), **earlier)
     held: list = []
     # rank 0 takes the lease a moment after this rank starts waiting for it
     threading.Timer(1.0, lambda: held.append(take_lease(store, "train", runner)[0])).start()
     started = time.monotonic()
     lease = follow_lease(store, "train", runner)
-    assert lease.record["launch"] == "torchrun r7" and lease.epoch == 1
+    assert lease.record["launch"] == "torchrun r7" and lease.epoch == 2 and not lease.released
     assert 0.5 < time.monotonic() - started < 10
     held[0].release()
 

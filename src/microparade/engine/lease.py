@@ -49,6 +49,10 @@ log = logging.getLogger("microparade")
 LEASE_SCHEMA = "microparade.lease/1"
 #: Seconds between two looks at a lease held by a live owner, while waiting for it.
 POLL_S = 2.0
+#: When this process started (near enough: when it imported this module), and how much earlier
+#: rank 0 of the same launch may have taken a lease (launch jitter, clocks of the hosts).
+STARTED_UNIX = time.time()
+LAUNCH_SKEW_S = 60.0
 
 
 def pid_start(pid: int) -> str | None:
@@ -210,6 +214,7 @@ def _new_record(stage: str, epoch: int, expiry_s: float, took_over: dict[str, An
         "launch": launch_id(),
         "argv": sys.argv,
         "acquired": now_iso(),
+        "acquired_unix": time.time(),
         "heartbeat": now_iso(),
         "heartbeat_unix": time.time(),
         "expiry_s": expiry_s,
@@ -259,7 +264,8 @@ def follow_lease(store: Store, stage: str, runner: RunnerConfig) -> Lease:
     """In a non-zero rank of a multi-process launch (torchrun, srun with several tasks): wait until
     rank 0 of the same launch holds the lease of ``stage`` (or has released it), and return it.
 
-    Rank 0 takes the lease for all ranks; the others compute only under it. When rank 0 is refused
+    Rank 0 takes the lease for all ranks; the others compute only under it (a lease of their launch
+    taken since they started, :func:`_of_this_launch`). When rank 0 is refused
     (a live owner holds the stage) the launcher may not stop the other ranks (srun without
     ``--kill-on-bad-exit``), and a rank computing alone would wait at its first collective until
     the job's time limit: this raises :class:`StageError` instead, once rank 0 has had
@@ -270,7 +276,7 @@ def follow_lease(store: Store, stage: str, runner: RunnerConfig) -> Lease:
     deadline = time.monotonic() + allowed
     while True:
         lease = read_lease(store, stage)
-        if lease is not None and lease.record.get("launch") == mine:
+        if lease is not None and _of_this_launch(lease, mine):
             return lease
         if time.monotonic() >= deadline:
             held = f"; it is held by {lease.owner()}" if lease is not None and not lease.released else ""
@@ -279,6 +285,15 @@ def follow_lease(store: Store, stage: str, runner: RunnerConfig) -> Lease:
                 "this rank does not compute without it"
             )
         time.sleep(POLL_S)
+
+
+def _of_this_launch(lease: Lease, launch: str | None) -> bool:
+    """Whether ``lease`` was taken by rank 0 of ``launch`` in this run of it: a launch id can recur (a
+    requeued Slurm job numbers its steps from 0 again; torchrun without a run id is known by its
+    rendezvous address), so a lease taken before this process started belongs to an earlier run."""
+    acquired = lease.record.get("acquired_unix")
+    recent = isinstance(acquired, (int, float)) and acquired >= STARTED_UNIX - LAUNCH_SKEW_S
+    return recent and lease.record.get("launch") == launch
 
 
 @contextmanager

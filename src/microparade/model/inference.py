@@ -7,7 +7,7 @@
 - ``bf16``: the whole encoder (word and position embeddings, layer norms, attention, linear layers)
   cast to bfloat16, so its activations stay bfloat16 from the embedding lookup to the [CLS] vectors,
   which the network casts back to float32 before the aggregator. Matrix products run on AMX /
-  AVX512-BF16 on recent x86 CPUs and on tensor cores on GPUs. Casting the encoder predicted 1.5x
+  AVX512-BF16 on recent x86 CPUs and on tensor cores on GPUs. Casting the encoder predicted 1.2-1.5x
   the rows/s of ``torch.autocast`` (which casts every linear layer's input on every call and keeps
   the element-wise work in float32) on the same rows, with the same AP;
 - ``int8``: the encoder's ``nn.Linear`` layers replaced by dynamically quantised int8 ones
