@@ -19,9 +19,10 @@ from microparade.model.inference import for_inference
 from microparade.recsys_format import TARGETS
 
 SPECIALS = SpecialTokens(cls=101, sep=102, pad=0)
-#: Largest |probability difference| from fp32 that bf16 or int8 may make on these small models (the
-#: demo measured at most 1.2e-5 for bf16 and 7.2e-4 for int8: docs/benchmarks.md, "Inference").
-TOLERANCE = 0.02
+#: Largest |probability difference| from fp32 that bf16 or int8 may make on these small untrained
+#: models (measured: bf16 1.3e-3 tiny, 2.1e-3 MiniLM; int8 1.7e-4 tiny; the trained demo model:
+#: bf16 1.9e-5, int8 7.2e-4, docs/benchmarks.md, "Inference").
+TOLERANCE = {"bf16": 0.01, "int8": 0.01}
 
 
 #: One torch thread: CPU results are bit-reproducible at a fixed thread count.
@@ -65,7 +66,7 @@ def test_tiny_encoder_agrees_with_fp32(precision):
     fast = for_inference(_copy(model, "tiny"), precision)
     got = _probs(fast, ex)
     assert got.dtype == np.float32 and got.shape == expected.shape
-    assert np.abs(got - expected).max() < TOLERANCE
+    assert np.abs(got - expected).max() < TOLERANCE[precision]
     # only the encoder changes: the heads and the aggregator keep their float32 weights
     assert all(p.dtype == torch.float32 for p in fast.heads.parameters())
     assert all(p.dtype == torch.float32 for p in fast.aggregator.parameters())
@@ -83,7 +84,7 @@ def test_minilm_bf16_agrees_with_fp32():
     model, ex = _model_and_examples("minilm", 16)
     expected = _probs(model, ex)
     got = _probs(for_inference(_copy(model, "minilm"), "bf16"), ex)
-    assert np.abs(got - expected).max() < TOLERANCE
+    assert np.abs(got - expected).max() < TOLERANCE["bf16"]
 
 
 def test_for_inference_rejects_unknown_precisions_and_int8_off_cpu():
@@ -130,4 +131,4 @@ def test_evaluate_stage_precisions_agree_with_fp32(tmp_path, stages):
         run_pipeline(h.make_config(str(run), {**base, "evaluate.precision": precision}), only="evaluate")
         for split, expected in fp32.items():
             got = _predictions(run, split)
-            assert got.shape == expected.shape and np.abs(got - expected).max() < TOLERANCE
+            assert got.shape == expected.shape and np.abs(got - expected).max() < TOLERANCE[precision]
