@@ -411,6 +411,7 @@ def output_floor(cfg: Config, out_dir: Path) -> dict[str, dict[str, float]]:
                 meta = pf.metadata
                 table = pf.read()
             codec = meta.row_group(0).column(0).compression.lower() if meta.num_row_groups else "zstd"
+            codec = "none" if codec == "uncompressed" else codec
             group = max((meta.row_group(g).num_rows for g in range(meta.num_row_groups)), default=1)
             target = out_dir / f"{stage}-{i}.parquet"
             with _Timer() as t:
