@@ -67,11 +67,8 @@ def run_stage(
 
     Returns the published manifest, or None in a non-zero rank of a distributed launch.
     """
-    if process_rank() > 0:
-        done = _compute_only(cfg, spec, store, inputs, session)
-        return done[0] if done else None
-    with stage_lease(store, spec.name, cfg.runner) as (lease, _):
-        return _compute_and_publish(cfg, spec, store, inputs, session, lease)
+    done = _run_leased(cfg, spec, store, inputs, session, forced=True)
+    return done[0] if done else None
 
 
 def _compute_only(
