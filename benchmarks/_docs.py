@@ -18,3 +18,12 @@ def update_section(section: str, body: str, intro: str = "# Benchmarks\n", doc: 
     else:
         text = text.rstrip("\n") + "\n\n" + block
     doc.write_text(text)
+
+
+def publish(section: str, body: str, write_docs: bool, intro: str = "# Benchmarks\n", doc: Path = DOC) -> None:
+    """Print a benchmark's ``body``; with ``write_docs`` also record it as ``section`` of ``doc``."""
+    print()
+    print(body)
+    if write_docs:
+        update_section(section, body, intro, doc=doc)
+        print(f"\nwrote {doc}")

@@ -44,7 +44,7 @@ from microparade.stages.chunks.contract import ChunksManifest
 from microparade.stages.evaluate.stage import predict_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -190,11 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     out = measure(args)
     table = render(out, args, started, load_start, os.getloadavg())
-    print()
-    print(table)
-    if args.write_docs:
-        update_section(SECTION, table, doc=DOC)
-        print(f"\nwrote {DOC}")
+    publish(SECTION, table, args.write_docs, doc=DOC)
     return 0
 
 

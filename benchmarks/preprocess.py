@@ -82,7 +82,7 @@ from microparade.stages.text.windows import select_windows, select_windows_pytho
 from microparade.storage import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -1147,11 +1147,6 @@ def load_results(path: str) -> tuple[list[SizeResult], dict[str, Any]]:
     return results, payload
 
 
-def update_doc(text_block: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md, leaving others alone."""
-    update_section(SECTION, text_block, DOC_INTRO, doc=DOC)
-
-
 def _ucxx_version() -> str:
     from importlib.metadata import version
 
@@ -1268,14 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(results: list[SizeResult], meta: dict[str, Any], args) -> int:
     ucx = any(r.ucx is not None for r in results)
     report = ucx_render(results, meta) if ucx else render(results, meta)
-    print()
-    print(report)
-    if args.write_docs:
-        if ucx:
-            update_section(UCX_SECTION, report, DOC_INTRO, doc=DOC)
-        else:
-            update_doc(report)
-        print(f"\nwrote {DOC}")
+    publish(UCX_SECTION if ucx else SECTION, report, args.write_docs, DOC_INTRO, doc=DOC)
     return 0
 
 

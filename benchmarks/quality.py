@@ -56,7 +56,7 @@ from microparade.recsys_format import TARGETS
 from microparade.stages.report.common import verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import publish  # noqa: E402
 from preprocess import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -426,11 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         head = describe(cfg, args, upstream, started, [load_start, os.getloadavg()[0]], command)
         upstream_s = sum(_durations(upstream, UPSTREAM).values())
         body = render(runs, labels, args, head, time.perf_counter() - t0, upstream_s)
-    print()
-    print(body)
-    if args.write_docs:
-        update_section(SECTION, body, doc=DOC)
-        print(f"\nwrote {DOC}")
+    publish(SECTION, body, args.write_docs, doc=DOC)
     return 0
 
 

@@ -49,7 +49,7 @@ from microparade.recsys_format import TARGETS
 from microparade.stages.chunks.contract import SCHEMA_VERSION, ChunksManifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -243,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"H={h:2d} speed-up efficient/naive: {row['speedup']:.2f}x", flush=True)
             results.append(row)
     table = render(results, args, started, load_start, os.getloadavg())
-    print()
-    print(table)
-    if args.write_docs:
-        update_doc(table)
-        print(f"\nwrote {DOC}")
+    publish(SECTION, table, args.write_docs, doc=DOC)
     return 0
 
 
@@ -289,11 +285,7 @@ def main_xla(args) -> int:
                 results.append(json.loads(spec.with_suffix(".out.json").read_text()))
     elapsed = time.perf_counter() - t_start
     table = render_xla(results, args, started, load_start, os.getloadavg(), elapsed)
-    print()
-    print(table)
-    if args.write_docs:
-        update_section(XLA_SECTION, table, doc=DOC)
-        print(f"\nwrote {DOC}")
+    publish(XLA_SECTION, table, args.write_docs, doc=DOC)
     return 0
 
 
@@ -552,11 +544,6 @@ def render(results: list[dict], args, started: str, load_start, load_end) -> str
             f"| {r['speedup']:.2f}x | {r['efficient']['efficiency']:.1%} | {r['naive']['efficiency']:.1%} |"
         )
     return "\n".join(lines)
-
-
-def update_doc(table: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md, leaving others alone."""
-    update_section(SECTION, table, doc=DOC)
 
 
 if __name__ == "__main__":
